@@ -1,0 +1,596 @@
+"""Average-reward (continuing) entropy-regularised optima.
+
+``solve_controlled``: the tilted-matrix / large-deviation solution (DESIGN.md §1). The
+optimum over policy *and* dynamics (paying ``KL(p*||p)/beta`` for changing the dynamics)
+is the Perron root of ``M``; equivalently the ``S x S`` state problem
+``rho chi = Q chi``. Writing ``chi = exp(beta h)`` it is the soft Bellman equation
+``h(s) + theta = (1/beta) log sum_{a,s'} pi0(a|s) p(s'|s,a) exp(beta (r + h(s')))`` of an
+MDP whose actions are the pairs ``(a, s')`` (DESIGN.md §2), solved by Newton's method
+(soft policy iteration, :mod:`tiltrl.exact.newton`).
+
+``solve_fixed``: the true optimum under the environment's own dynamics,
+``Q + theta = r + E_{s'~p}[V(s')]``, ``V = (1/beta) log sum_a pi0 exp(beta Q)``. Three
+methods: ``"newton"`` (soft policy iteration on that equation), ``"mapping"`` (the
+published constrained -> unconstrained iteration: re-solve a controlled problem with
+reference dynamics ``q(s'|s,a) ∝ p(s'|s,a)/chi(s')`` and reward
+``r + KL(p||q)/beta`` until ``p* = p``; Arriojas et al., UAI 2023) and ``"rvi"`` (relative
+soft value iteration).
+
+References: Arriojas, Adamczyk, Tiomkin, Kulkarni, Phys. Rev. Research 5, 023085 (2023);
+Arriojas, Tiomkin, Kulkarni, "Bayesian inference approach for entropy regularized
+reinforcement learning with stochastic dynamics", UAI 2023; Todorov, "Efficient
+computation of optimal actions", PNAS 106 (2009).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from tiltrl.exact.graph import can_reach, class_structure, reachable_from
+from tiltrl.exact.newton import (
+    NewtonResult,
+    newton_average,
+    relative_residual,
+    stationary_distribution,
+)
+from tiltrl.exact.result import Solution
+from tiltrl.exact.tilted import LogKernel, log_tilted_weights, row_logsumexp, state_log_kernel
+from tiltrl.mdp import TabularMDP
+
+__all__ = ["solve_controlled", "solve_fixed", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An exact solver stopped before reaching its tolerance."""
+
+
+# ---------------------------------------------------------------------------- helpers
+def _kernel_evaluator(kernel: LogKernel, beta: float):  # type: ignore[no-untyped-def]
+    """``T h = (1/beta) log sum_j Q[i,j] exp(beta h_j)`` and its Jacobian (controlled)."""
+    rows = kernel.row_of
+
+    def evaluate(h: np.ndarray):  # type: ignore[no-untyped-def]
+        z = kernel.logw + beta * h[kernel.cols]
+        log_z = row_logsumexp(z, kernel.indptr)
+        return log_z / beta, (rows, kernel.cols, np.exp(z - log_z[rows]))
+
+    return evaluate
+
+
+def _power_iteration(
+    kernel: LogKernel, h0: np.ndarray, *, ref: int, beta: float, tol: float, max_iter: int
+) -> NewtonResult:
+    """Log-space power iteration = relative soft value iteration on the state problem."""
+    evaluate = _kernel_evaluator(kernel, beta)
+    h = np.array(h0, dtype=np.float64)
+    it = 0
+    while True:
+        Th, K = evaluate(h)
+        b = Th - h
+        theta, lo, hi, resid = relative_residual(b, beta)
+        if resid < tol or it >= max_iter or not np.isfinite(resid):
+            break
+        h = Th - Th[ref]
+        it += 1
+    return NewtonResult(h, theta, (lo, hi), resid, it, resid < tol, K)
+
+
+@dataclass
+class _ClassChoice:
+    solve_states: np.ndarray  # states on which the eigenvector is positive (sorted)
+    recurrent: np.ndarray  # the dominant class
+    notes: list[str]
+    h0: np.ndarray | None  # warm start on solve_states (from the class solve)
+
+
+def _choose_class(
+    kernel: LogKernel,
+    initial: np.ndarray,
+    beta: float,
+    tol: float,
+    max_iter: int,
+) -> _ClassChoice:
+    """Find the dominant strongly connected class reachable from the initial law."""
+    adj = kernel.adjacency()
+    n = kernel.n
+    reach = reachable_from(adj, initial > 0)
+    nodes = np.flatnonzero(reach)
+    notes: list[str] = []
+    if nodes.size < n:
+        notes.append(
+            f"solved on the {nodes.size} of {n} states reachable from the initial distribution"
+        )
+    cs = class_structure(adj, nodes)
+    if cs.n_classes == 1:
+        return _ClassChoice(nodes, nodes, notes, None)
+    candidates = np.flatnonzero(cs.nontrivial)
+    roots: dict[int, float] = {}
+    if candidates.size == 1:
+        best = int(candidates[0])
+    else:
+        for c in candidates:
+            members = nodes[cs.labels == c]
+            sub, _ = kernel.restrict(members)
+            if members.size == 1:
+                roots[int(c)] = float(sub.logw[0]) / beta
+                continue
+            res = newton_average(
+                _kernel_evaluator(sub, beta), np.zeros(members.size), ref=0, beta=beta,
+                tol=tol, max_iter=max_iter,
+            )
+            roots[int(c)] = res.theta
+        best = max(roots, key=lambda c: roots[c])
+        ordered = sorted(roots.values(), reverse=True)
+        if abs(ordered[0] - ordered[1]) <= 1e-12 * max(1.0, abs(ordered[0])):
+            notes.append(
+                "degenerate Perron root: two classes share the largest root; the eigenvectors "
+                "are not unique and the one on the first class is returned"
+            )
+    recurrent = nodes[cs.labels == best]
+    # states whose eigenvector component is positive: those that can reach the class
+    upstream = can_reach(adj, np.isin(np.arange(n), recurrent)) & reach
+    solve_states = np.flatnonzero(upstream)
+    if recurrent.size < nodes.size:
+        notes.append(
+            f"reducible: the dominant class has {recurrent.size} states"
+            + f"; {nodes.size - solve_states.size} reachable states cannot reach it (u = 0)"
+        )
+    return _ClassChoice(solve_states, recurrent, notes, None)
+
+
+def _restricted_warm_start(
+    warm: Solution | None, states: np.ndarray, beta: float
+) -> np.ndarray:
+    if warm is None or warm.v is None or warm.kind != "average":
+        return np.zeros(states.size)
+    h = np.asarray(warm.v, dtype=np.float64)[states]
+    if not np.all(np.isfinite(h)):
+        return np.zeros(states.size)
+    # V scales like 1/beta' of the old solution; h is in reward units so reuse as is
+    return h - h[0]
+
+
+# ---------------------------------------------------------------------------- controlled
+def solve_controlled(
+    mdp: TabularMDP,
+    beta: float,
+    *,
+    method: str = "newton",
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+    warm_start: Solution | None = None,
+) -> Solution:
+    """Perron solution of the tilted matrix (optimal policy *and* dynamics).
+
+    See :func:`tiltrl.solve` for the meaning of the result fields.
+    """
+    S, A = mdp.shape
+    r_lo, r_hi = mdp.reward_range()
+    shift = r_hi  # exponents beta (r - shift) <= 0: nothing can overflow
+    kernel = state_log_kernel(mdp, beta, shift)
+    if max_iter is None:
+        max_iter = 200 if method == "newton" else 1_000_000
+    choice = _choose_class(kernel, mdp.initial, beta, tol, 200)
+    states = choice.solve_states
+    sub, _ = kernel.restrict(states)
+    ref = int(np.searchsorted(states, choice.recurrent[0]))
+    h0 = _restricted_warm_start(warm_start, states, beta)
+    h0 = h0 - h0[ref]
+    if method == "newton":
+        res = newton_average(
+            _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter
+        )
+        if not res.converged:
+            # Newton failed (e.g. a numerically multichain policy): fall back to power
+            fallback = _power_iteration(
+                sub, res.h, ref=ref, beta=beta, tol=tol, max_iter=100_000
+            )
+            if fallback.residual < res.residual:
+                choice.notes.append(
+                    f"Newton stopped ({res.note or 'max_iter'}); finished by power iteration"
+                )
+                fallback.iterations += res.iterations
+                res = fallback
+    elif method in ("power", "rvi"):
+        res = _power_iteration(sub, h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter)
+    else:
+        raise ValueError(f"unknown method {method!r} for controlled dynamics; "
+                         "use 'newton' or 'power'")
+    return _assemble_controlled(mdp, beta, shift, states, choice, res, method)
+
+
+def _assemble_controlled(
+    mdp: TabularMDP,
+    beta: float,
+    shift: float,
+    states: np.ndarray,
+    choice: _ClassChoice,
+    res: NewtonResult,
+    method: str,
+) -> Solution:
+    S, A = mdp.shape
+    n = states.size
+    h_full = np.full(S, -np.inf)
+    h_full[states] = res.h
+    log_rho_shift = beta * res.theta
+    # stationary law of the driven state chain K*(s,s') = Q chi(s') / (rho chi(s))
+    ref = int(np.searchsorted(states, choice.recurrent[0]))
+    mu_sub = stationary_distribution(res.kernel, n, ref)
+    mu = np.zeros(S)
+    mu[states] = mu_sub
+
+    # per-transition quantities in log space
+    rows = mdp.row_index()
+    nxt = mdp.P.indices
+    with np.errstate(divide="ignore"):
+        log_pi0 = np.log(mdp.prior)
+        log_p = np.log(mdp.P.data)
+    # log p + beta (r - shift) + beta h(s'); -inf towards states with u = 0
+    z = log_p + beta * (mdp.reward_per_transition() - shift) + beta * h_full[nxt]
+    log_bchi = row_logsumexp(z, mdp.P.indptr)  # log (B chi)(s,a)
+    log_u = (log_bchi - log_rho_shift).reshape(S, A)
+    live = np.isfinite(log_u)  # u(s,a) > 0
+    log_chi = _logsumexp_rows(np.where(live, log_pi0 + np.where(live, log_u, 0.0), -np.inf))
+    # normalisation: sum(v) = 1 and sum(u v) = 1 with v(s,a) = nu(s) pi0(a|s), nu ∝ mu/chi
+    on = mu > 0
+    log_nu = np.full(S, -np.inf)
+    log_nu[on] = np.log(mu[on]) - log_chi[on]
+    c = _logsumexp(log_nu[on])
+    log_nu -= c
+    log_u = log_u + c  # sum(u v) = sum_s nu chi = exp(-c) before rescaling
+    log_chi = log_chi + c
+    log_left = log_nu[:, None] + log_pi0
+
+    alive = np.isfinite(log_chi)
+    policy = mdp.prior.copy()  # states that cannot reach the class: any policy, keep pi0
+    lp = np.where(live, log_pi0 + np.where(live, log_u, 0.0), -np.inf)
+    policy[alive] = np.exp(lp[alive] - log_chi[alive, None])
+    stationary = mu[:, None] * policy
+
+    # driven dynamics p*(s'|s,a) = p exp(beta r) chi(s') / (B chi)(s,a); rows with u = 0
+    # keep the original dynamics
+    live_rows = live.ravel()[rows]
+    ok = live_rows & np.isfinite(z)
+    log_pstar = np.full(z.shape, -np.inf)
+    log_pstar[ok] = z[ok] - log_bchi[rows[ok]]
+    pstar_data = np.where(live_rows, np.exp(log_pstar), mdp.P.data)
+    driven = sp.csr_matrix((pstar_data, nxt.copy(), mdp.P.indptr.copy()), shape=mdp.P.shape)
+
+    r_tr = mdp.reward_per_transition()
+    d_rows = stationary.ravel()[rows]
+    energy = float(np.sum(d_rows * pstar_data * r_tr))
+    pos = ok & (pstar_data > 0)
+    dyn_terms = np.zeros(z.shape)
+    dyn_terms[pos] = pstar_data[pos] * (log_pstar[pos] - log_p[pos])
+    dynamics_kl = float(np.sum(d_rows * dyn_terms))
+    policy_kl = float(np.sum(mu * _policy_kl_rows(policy, log_pi0)))
+
+    theta = res.theta + shift
+    lo, hi = res.bracket
+    notes = list(choice.notes)
+    if res.note:
+        notes.append(res.note)
+    if not res.converged:
+        msg = (
+            f"controlled solver ({method}) did not converge at beta={beta:g}: residual "
+            f"{res.residual:.3g} after {res.iterations} iterations; theta lies in "
+            f"[{lo + shift:.12g}, {hi + shift:.12g}]"
+        )
+        notes.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    q = log_u / beta
+    v = log_chi / beta
+    return Solution(
+        beta=beta,
+        kind="average",
+        dynamics="controlled",
+        method=method,
+        theta=float(theta),
+        log_rho=float(beta * theta),
+        policy=policy,
+        q=q,
+        v=v,
+        log_u=log_u,
+        log_left=log_left,
+        stationary=stationary,
+        driven_dynamics=driven,
+        energy=energy,
+        policy_kl=policy_kl,
+        dynamics_kl=dynamics_kl,
+        iterations=int(res.iterations),
+        residual=float(res.residual),
+        converged=bool(res.converged),
+        bracket=(float(lo + shift), float(hi + shift)),
+        recurrent_states=np.asarray(choice.recurrent),
+        notes=tuple(notes),
+    )
+
+
+def _policy_kl_rows(policy: np.ndarray, log_pi0: np.ndarray) -> np.ndarray:
+    """``KL(pi(.|s) || pi0(.|s))`` per state (0 log 0 = 0)."""
+    pos = policy > 0
+    terms = np.zeros(policy.shape)
+    terms[pos] = policy[pos] * (np.log(policy[pos]) - log_pi0[pos])
+    return terms.sum(axis=1)
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    if x.size == 0:
+        return -np.inf
+    m = float(np.max(x))
+    if not np.isfinite(m):
+        return m
+    return m + float(np.log(np.sum(np.exp(x - m))))
+
+
+def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=1)
+    safe = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return safe + np.log(np.sum(np.exp(x - safe[:, None]), axis=1))
+
+
+# ---------------------------------------------------------------------------- fixed
+def _fixed_evaluator(mdp: TabularMDP, states: np.ndarray, beta: float, shift: float):  # type: ignore[no-untyped-def]
+    """``T h(s) = (1/beta) log sum_a pi0 exp(beta (rbar(s,a) + E_p h))`` on ``states``."""
+    S, A = mdp.shape
+    n = states.size
+    sa_rows = (states[:, None] * A + np.arange(A)[None, :]).ravel()
+    P_sub = sp.csr_matrix(mdp.P[sa_rows][:, states])
+    rbar = (mdp.reward[states] - shift).ravel()
+    with np.errstate(divide="ignore"):
+        log_pi0 = np.log(mdp.prior[states]).ravel()
+    state_of_row = np.repeat(np.arange(n), A)
+    indptr_sa = np.arange(0, n * A + 1, A)
+    P_coo = P_sub.tocoo()
+
+    def evaluate(h: np.ndarray):  # type: ignore[no-untyped-def]
+        q = rbar + P_sub @ h
+        y = log_pi0 + beta * q
+        log_z = row_logsumexp(y, indptr_sa)
+        pi = np.exp(y - log_z[state_of_row])
+        # K(s,s') = sum_a pi(a|s) p(s'|s,a)
+        return log_z / beta, (state_of_row[P_coo.row], P_coo.col, pi[P_coo.row] * P_coo.data)
+
+    return evaluate
+
+
+def solve_fixed(
+    mdp: TabularMDP,
+    beta: float,
+    *,
+    method: str = "newton",
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+    warm_start: Solution | None = None,
+) -> Solution:
+    """Entropy-regularised average-reward optimum under the environment's dynamics."""
+    S, A = mdp.shape
+    r_lo, r_hi = mdp.reward_range()
+    shift = r_hi
+    # the support graph of the uniform-prior chain (dynamics are fixed, the policy is not)
+    kernel = state_log_kernel(mdp, 1.0, 0.0)
+    adj = kernel.adjacency()
+    reach = reachable_from(adj, mdp.initial > 0)
+    states = np.flatnonzero(reach)
+    cs = class_structure(adj, states)
+    notes: list[str] = []
+    if states.size < S:
+        notes.append(
+            f"solved on the {states.size} of {S} states reachable from the initial distribution"
+        )
+    n_closed = int(cs.closed.sum())
+    if n_closed > 1:
+        raise ValueError(
+            f"fixed dynamics: {n_closed} closed classes are reachable from the initial "
+            "distribution, so the average reward depends on where the agent ends up "
+            "(multichain). Use terminal='reset' to make the task continuing, or solve it "
+            "with gamma=... or horizon=..."
+        )
+    recurrent = states[cs.labels == int(np.flatnonzero(cs.closed)[0])]
+    ref = int(np.searchsorted(states, recurrent[0]))
+    h0 = _restricted_warm_start(warm_start, states, beta)
+    h0 = h0 - h0[ref]
+    if max_iter is None:
+        max_iter = 200 if method == "newton" else (100 if method == "mapping" else 1_000_000)
+
+    if method == "newton":
+        res = newton_average(
+            _fixed_evaluator(mdp, states, beta, shift), h0, ref=ref, beta=beta, tol=tol,
+            max_iter=max_iter,
+        )
+    elif method == "rvi":
+        res = _fixed_rvi(mdp, states, beta, shift, h0, ref, tol, max_iter)
+    elif method == "mapping":
+        res, outer_notes = _fixed_mapping(mdp, states, beta, shift, h0, ref, tol, max_iter)
+        notes.extend(outer_notes)
+    else:
+        raise ValueError(
+            f"unknown method {method!r} for fixed dynamics; use 'newton', 'mapping' or 'rvi'"
+        )
+    return _assemble_fixed(mdp, beta, shift, states, recurrent, ref, res, method, notes)
+
+
+def _fixed_rvi(
+    mdp: TabularMDP,
+    states: np.ndarray,
+    beta: float,
+    shift: float,
+    h0: np.ndarray,
+    ref: int,
+    tol: float,
+    max_iter: int,
+) -> NewtonResult:
+    """Relative soft value iteration ``h <- T h - (T h)[ref]`` (DESIGN.md §2 cross-check).
+
+    Uses the aperiodicity transform ``T_tau h = (1 - tau) h + tau T h`` with ``tau = 1/2``
+    so that periodic optimal chains still converge (Puterman §8.5.4).
+    """
+    evaluate = _fixed_evaluator(mdp, states, beta, shift)
+    h = np.array(h0, dtype=np.float64)
+    tau = 0.5
+    it = 0
+    while True:
+        Th, K = evaluate(h)
+        b = Th - h
+        theta, lo, hi, resid = relative_residual(b, beta)
+        if resid < tol or it >= max_iter:
+            break
+        h = h + tau * (b - b[ref])
+        it += 1
+    return NewtonResult(h, theta, (lo, hi), resid, it, resid < tol, K)
+
+
+def _fixed_mapping(
+    mdp: TabularMDP,
+    states: np.ndarray,
+    beta: float,
+    shift: float,
+    h0: np.ndarray,
+    ref: int,
+    tol: float,
+    max_iter: int,
+) -> tuple[NewtonResult, list[str]]:
+    """The published constrained -> unconstrained iteration (Arriojas et al., UAI 2023).
+
+    Given ``chi = exp(beta h)``: reference dynamics ``q(s'|s,a) ∝ p(s'|s,a) / chi(s')`` and
+    reward ``r' = r + KL(p||q)/beta``; the controlled solution of ``(q, r')`` gives a new
+    ``chi``. At the fixed point ``p* = p`` and ``chi`` solves the fixed-dynamics equation.
+    Each inner solve is one warm-started Newton solve on the state problem.
+    """
+    S, A = mdp.shape
+    n = states.size
+    sa_rows = (states[:, None] * A + np.arange(A)[None, :]).ravel()
+    P_sub = sp.csr_matrix(mdp.P[sa_rows][:, states])
+    P_sub.sort_indices()
+    rows = np.repeat(np.arange(n * A), np.diff(P_sub.indptr))
+    cols = P_sub.indices
+    log_p = np.log(P_sub.data)
+    rbar = (mdp.reward[states] - shift).ravel()
+    with np.errstate(divide="ignore"):
+        log_pi0 = np.log(mdp.prior[states]).ravel()
+    s_of_row = rows // A
+    h = np.array(h0, dtype=np.float64)
+    notes: list[str] = []
+    total_inner = 0
+    res: NewtonResult | None = None
+    for outer in range(1, max_iter + 1):
+        # q ∝ p / chi(s'), KL(p||q) = E_p[beta h] + log sum_s' p exp(-beta h(s'))
+        lq_un = log_p - beta * h[cols]
+        log_norm = row_logsumexp(lq_un, P_sub.indptr)
+        log_q = lq_un - log_norm[rows]
+        kl = np.bincount(rows, weights=P_sub.data * (log_p - log_q), minlength=n * A)
+        r_mod = rbar + kl / beta
+        # controlled state kernel for (q, r'): log sum_a pi0 q exp(beta r')
+        w = log_pi0[rows] + log_q + beta * r_mod[rows]
+        key = s_of_row * n + cols
+        order = np.argsort(key, kind="stable")
+        k_sorted, w_sorted = key[order], w[order]
+        uniq, start = np.unique(k_sorted, return_index=True)
+        logw = row_logsumexp(w_sorted, np.append(start, k_sorted.size))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
+        kern = LogKernel(indptr, uniq % n, logw)
+        res = newton_average(
+            _kernel_evaluator(kern, beta), h, ref=ref, beta=beta, tol=tol, max_iter=200
+        )
+        total_inner += res.iterations
+        # max KL(p*||p): p* ∝ q exp(beta r') chi(s') ∝ p chi(s')/chi_old(s')
+        lp_star_un = log_p + beta * (res.h[cols] - h[cols])
+        lp_star = lp_star_un - row_logsumexp(lp_star_un, P_sub.indptr)[rows]
+        kl_star = np.bincount(rows, weights=np.exp(lp_star) * (lp_star - log_p), minlength=n * A)
+        h = res.h
+        if kl_star.max() < tol:
+            break
+    assert res is not None
+    # report the residual of the *fixed-dynamics* equation at the final h
+    evaluate = _fixed_evaluator(mdp, states, beta, shift)
+    Th, K = evaluate(h)
+    theta, lo, hi, resid = relative_residual(Th - h, beta)
+    notes.append(f"mapping: {outer} outer iterations, {total_inner} inner Newton steps")
+    converged = resid < max(tol, 1e3 * np.finfo(float).eps * max(1.0, beta * np.abs(h).max()))
+    return NewtonResult(h, theta, (lo, hi), resid, outer, converged, K), notes
+
+
+def _assemble_fixed(
+    mdp: TabularMDP,
+    beta: float,
+    shift: float,
+    states: np.ndarray,
+    recurrent: np.ndarray,
+    ref: int,
+    res: NewtonResult,
+    method: str,
+    notes: list[str],
+) -> Solution:
+    S, A = mdp.shape
+    n = states.size
+    mu_sub = stationary_distribution(res.kernel, n, ref)
+    mu = np.zeros(S)
+    mu[states] = mu_sub
+    h_full = np.full(S, -np.inf)
+    h_full[states] = res.h
+    theta_shift = res.theta
+    # Q + theta = rbar + E_p[V] (shifted rewards), V = h
+    h_safe = np.where(np.isfinite(h_full), h_full, 0.0)
+    q = mdp.reward - shift + (mdp.P @ h_safe).reshape(S, A) - theta_shift
+    with np.errstate(divide="ignore"):
+        log_pi0 = np.log(mdp.prior)
+    y = log_pi0 + beta * q
+    log_z = _logsumexp_rows(y)
+    with np.errstate(invalid="ignore"):
+        policy = np.exp(y - log_z[:, None])
+    unreached = ~np.isfinite(h_full)
+    q[unreached] = -np.inf
+    policy[unreached] = mdp.prior[unreached]
+    v = np.where(unreached, -np.inf, log_z / beta)
+    stationary = mu[:, None] * policy
+    energy = float(np.sum(stationary * mdp.reward))
+    policy_kl = float(np.sum(mu * _policy_kl_rows(policy, log_pi0)))
+    theta = theta_shift + shift
+    lo, hi = res.bracket
+    if res.note:
+        notes.append(res.note)
+    if not res.converged:
+        msg = (
+            f"fixed-dynamics solver ({method}) did not converge at beta={beta:g}: residual "
+            f"{res.residual:.3g} after {res.iterations} iterations"
+        )
+        notes.append(msg)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    # the fixed-dynamics "eigenvector": u = exp(beta Q) is the right eigenvector of the
+    # controlled problem with the mapped reward; report it in log form
+    log_u = beta * q
+    log_chi = beta * v
+    log_nu = np.full(S, -np.inf)
+    log_nu[mu > 0] = np.log(mu[mu > 0]) - log_chi[mu > 0]
+    c = _logsumexp(log_nu[mu > 0])
+    log_left = (log_nu - c)[:, None] + log_pi0
+    return Solution(
+        beta=beta,
+        kind="average",
+        dynamics="fixed",
+        method=method,
+        theta=float(theta),
+        log_rho=float(beta * theta),
+        policy=policy,
+        q=q + c / beta,
+        v=v + c / beta,
+        log_u=log_u + c,
+        log_left=log_left,
+        stationary=stationary,
+        driven_dynamics=mdp.P.copy(),
+        energy=energy,
+        policy_kl=policy_kl,
+        dynamics_kl=0.0,
+        iterations=int(res.iterations),
+        residual=float(res.residual),
+        converged=bool(res.converged),
+        bracket=(float(lo + shift), float(hi + shift)),
+        recurrent_states=np.asarray(recurrent),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,154 @@
+"""The tilted matrix, factored and in log space.
+
+``M[(s,a),(s',a')] = p(s'|s,a) exp(beta r(s,a,s')) pi0(a'|s')`` (DESIGN.md §1) factors
+as ``M = B C`` with ``B[(s,a), s'] = p(s'|s,a) exp(beta r(s,a,s'))`` (the sparsity of
+``P``) and ``C[s, (s,a)] = pi0(a|s)``. The non-zero spectrum of ``M`` equals that of the
+``S x S`` state matrix ``Q = C B``,
+``Q[s, s'] = sum_a pi0(a|s) p(s'|s,a) exp(beta r(s,a,s'))``, and the eigenvectors map
+across: ``chi = C u`` and ``u = B chi / rho``; a left vector ``nu Q = rho nu`` gives
+``v = nu C``, i.e. ``v(s,a) = nu(s) pi0(a|s)``. Nothing of size ``(S*A)^2`` is ever
+built. Entries are kept as logarithms with the reward shifted by its maximum, so that
+``beta (r_max - r_min)`` of 1e4 neither overflows nor loses the small entries.
+
+Reference: Arriojas, Adamczyk, Tiomkin, Kulkarni, "Entropy regularized reinforcement
+learning using large deviation theory", Phys. Rev. Research 5, 023085 (2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from tiltrl.mdp import TabularMDP
+
+__all__ = [
+    "LogKernel",
+    "row_logsumexp",
+    "log_tilted_weights",
+    "state_log_kernel",
+    "tilted_operator",
+]
+
+
+def row_logsumexp(z: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """``log sum exp`` of ``z`` over each CSR row (rows must be non-empty)."""
+    starts = indptr[:-1]
+    m = np.maximum.reduceat(z, starts)
+    lengths = np.diff(indptr)
+    m_rep = np.repeat(m, lengths)
+    finite = np.isfinite(m_rep)
+    shifted = np.where(finite, z - np.where(finite, m_rep, 0.0), -np.inf)
+    s = np.add.reduceat(np.exp(shifted), starts)
+    with np.errstate(divide="ignore"):
+        return m + np.log(s)
+
+
+def log_tilted_weights(mdp: TabularMDP, beta: float, shift: float) -> np.ndarray:
+    """``log pi0(a|s) + log p(s'|s,a) + beta (r(s,a,s') - shift)`` per non-zero of ``P``.
+
+    Entries whose action has zero prior mass come out as ``-inf``.
+    """
+    P = mdp.P
+    rows = mdp.row_index()
+    with np.errstate(divide="ignore"):
+        log_pi0 = np.log(mdp.prior.ravel())[rows]
+        log_p = np.log(P.data)
+    return log_pi0 + log_p + beta * (mdp.reward_per_transition() - shift)
+
+
+@dataclass(frozen=True)
+class LogKernel:
+    """A non-negative ``n x n`` matrix stored as CSR with log entries.
+
+    ``logw[k]`` is the log of entry ``(row_of[k], cols[k])``; ``indptr`` delimits rows.
+    """
+
+    indptr: np.ndarray
+    cols: np.ndarray
+    logw: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.indptr.size - 1)
+
+    @property
+    def row_of(self) -> np.ndarray:
+        return np.repeat(np.arange(self.n), np.diff(self.indptr))
+
+    def restrict(self, keep: np.ndarray) -> tuple[LogKernel, np.ndarray]:
+        """Sub-kernel on the states ``keep`` (indices, sorted); edges leaving are dropped.
+
+        Returns the kernel and ``keep`` (the map new index -> old index).
+        """
+        keep = np.asarray(keep)
+        new_index = np.full(self.n, -1)
+        new_index[keep] = np.arange(keep.size)
+        rows = self.row_of
+        mask = (new_index[rows] >= 0) & (new_index[self.cols] >= 0) & np.isfinite(self.logw)
+        new_rows = new_index[rows[mask]]
+        indptr = np.zeros(keep.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(new_rows, minlength=keep.size), out=indptr[1:])
+        return LogKernel(indptr, new_index[self.cols[mask]], self.logw[mask]), keep
+
+    def adjacency(self) -> sp.csr_matrix:
+        """Boolean support graph (finite entries only)."""
+        data = np.isfinite(self.logw).astype(np.int8)
+        adj = sp.csr_matrix((data, self.cols, self.indptr), shape=(self.n, self.n))
+        adj.eliminate_zeros()
+        return adj
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((self.n, self.n))
+        np.add.at(out, (self.row_of, self.cols), np.exp(self.logw))
+        return out
+
+
+def state_log_kernel(mdp: TabularMDP, beta: float, shift: float) -> LogKernel:
+    """Log of ``Q[s,s'] = sum_a pi0(a|s) p(s'|s,a) exp(beta (r(s,a,s') - shift))``."""
+    S, A = mdp.shape
+    w = log_tilted_weights(mdp, beta, shift)
+    keep = np.isfinite(w)
+    state = (mdp.row_index() // A)[keep]
+    nxt = mdp.P.indices[keep].astype(np.int64)
+    w = w[keep]
+    key = state * S + nxt
+    order = np.argsort(key, kind="stable")
+    key, w = key[order], w[order]
+    uniq, start = np.unique(key, return_index=True)
+    bounds = np.append(start, key.size)
+    logw = row_logsumexp(w, bounds)
+    rows = uniq // S
+    indptr = np.zeros(S + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=S), out=indptr[1:])
+    return LogKernel(indptr, (uniq % S).astype(np.int64), logw)
+
+
+def tilted_operator(mdp: TabularMDP, beta: float, *, shift: float = 0.0) -> LinearOperator:
+    """The tilted matrix ``M`` (times ``exp(-beta shift)``) as a factored ``LinearOperator``.
+
+    A mat-vec is one pass over ``P`` and one over ``pi0``; the ``(S*A)^2`` matrix is never
+    formed. Linear space: use it for small ``beta`` or for checks; the solvers work in log
+    space instead.
+    """
+    S, A = mdp.shape
+    P = mdp.P
+    B = sp.csr_matrix(
+        (P.data * np.exp(beta * (mdp.reward_per_transition() - shift)), P.indices, P.indptr),
+        shape=P.shape,
+    )
+    pi0 = mdp.prior
+    BT = sp.csr_matrix(B.T)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x).reshape(S, A)
+        chi = (pi0 * x).sum(axis=1)
+        return B @ chi
+
+    def rmatvec(y: np.ndarray) -> np.ndarray:
+        nu = BT @ np.asarray(y).ravel()
+        return (nu[:, None] * pi0).ravel()
+
+    return LinearOperator((S * A, S * A), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
