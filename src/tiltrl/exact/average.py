@@ -219,7 +219,7 @@ def _assemble_controlled(
     log_rho_shift = beta * res.theta
     # stationary law of the driven state chain K*(s,s') = Q chi(s') / (rho chi(s))
     ref = int(np.searchsorted(states, choice.recurrent[0]))
-    mu_sub = stationary_distribution(res.kernel, n, ref)
+    mu_sub = stationary_distribution(res.kernel, n, ref, res.lu)
     mu = np.zeros(S)
     mu[states] = mu_sub
 
@@ -529,7 +529,7 @@ def _assemble_fixed(
 ) -> Solution:
     S, A = mdp.shape
     n = states.size
-    mu_sub = stationary_distribution(res.kernel, n, ref)
+    mu_sub = stationary_distribution(res.kernel, n, ref, res.lu)
     mu = np.zeros(S)
     mu[states] = mu_sub
     h_full = np.full(S, -np.inf)
