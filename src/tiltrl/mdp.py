@@ -165,6 +165,7 @@ class TabularMDP:
                     f"reward must have shape (S, A) = {(S, A)} or (S, A, S) = {(S, A, S)}, "
                     f"got {r_arr.shape}"
                 )
+        reward: np.ndarray
         if transition_reward is not None:
             # r(s,a) is the mean under p; r(s,a,s') stays available for the exponent
             reward = np.bincount(

@@ -38,7 +38,7 @@ from tiltrl.exact.newton import (
     stationary_distribution,
 )
 from tiltrl.exact.result import Solution
-from tiltrl.exact.tilted import LogKernel, log_tilted_weights, row_logsumexp, state_log_kernel
+from tiltrl.exact.tilted import LogKernel, row_logsumexp, state_log_kernel
 from tiltrl.mdp import TabularMDP
 
 __all__ = ["solve_controlled", "solve_fixed", "ConvergenceWarning"]
@@ -478,7 +478,9 @@ def _fixed_mapping(
     notes: list[str] = []
     total_inner = 0
     res: NewtonResult | None = None
-    for outer in range(1, max_iter + 1):
+    outer = 0
+    while outer < max_iter:
+        outer += 1
         # q ∝ p / chi(s'), KL(p||q) = E_p[beta h] + log sum_s' p exp(-beta h(s'))
         lq_un = log_p - beta * h[cols]
         log_norm = row_logsumexp(lq_un, P_sub.indptr)

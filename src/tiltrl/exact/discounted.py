@@ -110,7 +110,10 @@ def solve_discounted(
     q = soft_q_backup(mdp, v, beta, gamma, dynamics)
     notes: tuple[str, ...] = ()
     if not converged:
-        msg = f"discounted solver ({method}) stopped with residual {resid:.3g} after {it} iterations"
+        msg = (
+            f"discounted solver ({method}) stopped with residual {resid:.3g} "
+            f"after {it} iterations"
+        )
         notes = (msg,)
         warnings.warn(msg, ConvergenceWarning, stacklevel=3)
     return Solution(

@@ -28,7 +28,12 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
 __all__ = [
-    "relative_residual","NewtonResult", "newton_average", "newton_discounted", "stationary_distribution"]
+    "NewtonResult",
+    "newton_average",
+    "newton_discounted",
+    "relative_residual",
+    "stationary_distribution",
+]
 
 #: ``evaluate(h) -> (T h, K)`` with ``K`` given as COO triplets ``(rows, cols, values)``.
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]
@@ -164,8 +169,8 @@ def newton_discounted(
         A = eye - gamma * sp.csc_matrix((vals, (rows, cols)), shape=(n, n))
         h = h + splu(sp.csc_matrix(A)).solve(b)
         it += 1
-    return NewtonResult(h, float("nan"), (float("nan"),) * 2, resid, it, resid < tol,  # type: ignore[arg-type]
-                        kernel, note)
+    nan = float("nan")
+    return NewtonResult(h, nan, (nan, nan), resid, it, resid < tol, kernel, note)
 
 
 def stationary_distribution(
