@@ -19,13 +19,15 @@ dynamic programming", Math. Oper. Res. 4 (1979) — policy iteration as Newton's
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import LinearOperator, gmres, splu
 
 __all__ = [
     "NewtonResult",
@@ -34,6 +36,8 @@ __all__ = [
     "relative_residual",
     "stationary_distribution",
 ]
+
+_DEBUG = bool(os.environ.get("TILTRL_DEBUG_NEWTON"))
 
 #: ``evaluate(h) -> (T h, K)`` with ``K`` given as COO triplets ``(rows, cols, values)``.
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]
@@ -76,6 +80,26 @@ def _evaluation_matrix(
     return sp.csc_matrix((all_vals, (all_rows, all_cols)), shape=(n, n))
 
 
+def _preconditioned_solve(
+    A: sp.csc_matrix, b: np.ndarray, lu: Any, eta: float = 1e-4
+) -> np.ndarray | None:
+    """Inexact Newton step: ``||A x - b|| <= eta ||b||`` using an old LU, else ``None``.
+
+    First the chord step ``x = LU_old^{-1} b``; if that is not accurate enough, a few
+    GMRES iterations preconditioned by the old LU. The forcing term ``eta`` keeps the
+    local convergence at a factor ``eta`` per step (Dembo, Eisenstat & Steihaug 1982).
+    """
+    target = eta * float(np.max(np.abs(b)))
+    x = lu.solve(b)
+    if np.max(np.abs(A @ x - b)) <= target:
+        return x
+    M = LinearOperator(A.shape, matvec=lu.solve, dtype=np.float64)
+    x, _ = gmres(A, b, x0=x, M=M, rtol=0.1 * eta, atol=0.0, restart=8, maxiter=1)
+    if not np.all(np.isfinite(x)) or np.max(np.abs(A @ x - b)) > target:
+        return None
+    return np.asarray(x)
+
+
 def newton_average(
     evaluate: Evaluate,
     h0: np.ndarray,
@@ -92,9 +116,10 @@ def newton_average(
     ``[min(T h - h), max(T h - h)]`` which always contains the optimal rate (for the
     controlled problem on an irreducible class).
 
-    Once Newton is in its quadratic regime the Jacobian barely changes, so the last LU
-    factorisation is reused (chord steps) while it keeps shrinking the residual at least
-    tenfold per step; a sparse LU is by far the most expensive part of an iteration.
+    A sparse LU is by far the most expensive part of an iteration, and successive
+    Jacobians differ only where the soft policy changed; so each step first tries GMRES
+    preconditioned by the last LU (a few cheap triangular solves) and factorises anew only
+    when that fails to converge quickly.
     """
     h = np.array(h0, dtype=np.float64)
     n = h.size
@@ -102,7 +127,6 @@ def newton_average(
     best: tuple[float, np.ndarray] | None = None
     it = 0
     lu = None
-    prev_resid = np.inf
     factorisations = 0
     while True:
         Th, kernel = evaluate(h)
@@ -115,23 +139,28 @@ def newton_average(
             best = (resid, h.copy())
         if resid < tol or it >= max_iter:
             break
-        reuse = lu is not None and resid < 0.1 * prev_resid and resid < 1e-3
-        if not reuse:
+        A = _evaluation_matrix(kernel, n, ref)
+        if _DEBUG:
+            print(f"newton it={it} resid={resid:.3e}", file=sys.stderr)
+        x = None
+        if lu is not None and resid < 0.5:
+            # inexact Newton: the last LU preconditions GMRES on the new Jacobian; a
+            # refactorisation is only paid for when the policy moved too far
+            x = _preconditioned_solve(A, b, lu)
+        if x is None:
             try:
-                lu = splu(_evaluation_matrix(kernel, n, ref))
+                lu = splu(A)
                 factorisations += 1
             except RuntimeError as exc:  # exactly singular: several recurrent classes
                 note = f"policy evaluation singular ({exc}); stopped"
                 break
-        assert lu is not None
-        x = lu.solve(b)
+            x = lu.solve(b)
         if not np.all(np.isfinite(x)):
             note = "policy evaluation returned non-finite values; stopped"
             break
         x[ref] = 0.0
         h = h + x
         h -= h[ref]
-        prev_resid = resid
         it += 1
     converged = resid < tol
     if not converged and best is not None and best[0] < resid:

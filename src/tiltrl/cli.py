@@ -1,0 +1,741 @@
+"""The ``tiltrl`` command: solve entropy-regularised MDPs exactly from the shell.
+
+Subcommands::
+
+    tiltrl maps                         named grid maps, with an ASCII rendering
+    tiltrl solve MAP --beta B ...       one exact solution (theta, energy, KLs, ...)
+    tiltrl sweep MAP --betas LIST ...   thermodynamic curves over beta (table + plot)
+    tiltrl demo [--out DIR]             the README demo: calibration, controlled vs fixed
+
+``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
+row per line, ``#`` comments allowed), rows given inline separated by commas
+(``SFF,FHF,FFG``), or a gymnasium toy-text id (``FrozenLake-v1``, ``CliffWalking-v1``,
+``Taxi-v4``), read with :func:`tiltrl.from_gymnasium`.
+
+Convention (``shared/DESIGN.md`` §1): rewards, not costs; ``theta`` is the optimal
+entropy-regularised reward rate, ``log_rho = beta * theta``; ``cost rate = -theta`` is the
+number the anchor papers quote. ``--dynamics controlled`` is the tilted-matrix (Perron /
+Doob) optimum, ``--dynamics fixed`` the optimum with the environment's own dynamics.
+
+``rich`` (extra ``cli``) makes tables and progress bars nicer; without it (or with
+``--plain``) the output is plain text. Figures need matplotlib (extra ``plot``).
+Exit status: 0 on success, 2 on bad input (a one-line error, no traceback; ``--debug``
+shows the traceback), 1 when the demo's calibration check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "parse_betas"]
+
+#: DESIGN.md §4: uniform prior, deterministic, min_reward=-1.5, 7x7holes, beta=10.
+CALIBRATION = {"map": "7x7holes", "beta": 10.0, "cost_rate": 0.964515, "tol": 1e-6}
+
+_GYM_ID = re.compile(r"^(?:[\w.-]+/)?[A-Za-z][\w.-]*-v\d+$")
+_INLINE_ROWS = re.compile(r"^[SFHGWCNR]+(?:,[SFHGWCNR]+)+$")
+
+
+class CLIError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+# ============================================================================ output
+class Output:
+    """Plain-text or rich output: tables, key/value blocks, progress bars."""
+
+    def __init__(self, plain: bool = False) -> None:
+        self.console: Any = None
+        self.err_console: Any = None
+        if not plain:
+            try:
+                from rich.console import Console
+            except ImportError:
+                pass
+            else:
+                # when piped, do not wrap at 80 columns
+                width = None if sys.stdout.isatty() else max(
+                    160, shutil.get_terminal_size((160, 24)).columns
+                )
+                self.console = Console(width=width, highlight=False)
+                self.err_console = Console(stderr=True, highlight=False)
+
+    def line(self, text: str = "", *, style: str | None = None) -> None:
+        if self.console is not None:
+            self.console.print(text, style=style, markup=False, highlight=False)
+        else:
+            print(text)
+
+    def heading(self, text: str) -> None:
+        if self.console is not None:
+            self.console.rule(text, style="cyan")
+        else:
+            print(f"\n== {text} ==")
+
+    def warn(self, text: str) -> None:
+        if self.err_console is not None:
+            self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+        else:
+            print(f"warning: {text}", file=sys.stderr)
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        title: str | None = None,
+        align: Sequence[str] | None = None,
+    ) -> None:
+        align = list(align) if align is not None else ["right"] * len(columns)
+        cells = [list(columns)] + [[str(c) for c in row] for row in rows]
+        widths = [max(len(line) for c in col for line in c.splitlines() or [""])
+                  for col in zip(*cells, strict=True)]
+        # rich would truncate numbers ("0.0045…") in a too narrow terminal: go plain then
+        fits = sum(widths) + 3 * len(widths) + 1 <= getattr(self.console, "width", 0)
+        if self.console is not None and fits:
+            from rich.table import Table
+            from rich.text import Text
+
+            tab = Table(title=title, title_justify="left", header_style="bold")
+            for name, al in zip(columns, align, strict=True):
+                tab.add_column(name, justify=al, no_wrap=al == "right")
+            for row in rows:
+                tab.add_row(*(Text(str(c)) for c in row))
+            self.console.print(tab)
+            return
+        if title:
+            print(title)
+
+        def fmt(row: Sequence[str]) -> list[str]:
+            split = [c.splitlines() or [""] for c in row]
+            height = max(len(s) for s in split)
+            out = []
+            for k in range(height):
+                parts = []
+                for s, w, al in zip(split, widths, align, strict=True):
+                    text = s[k] if k < len(s) else ""
+                    parts.append(text.rjust(w) if al == "right" else text.ljust(w))
+                out.append("  ".join(parts).rstrip())
+            return out
+
+        print("\n".join(fmt(cells[0])))
+        print("  ".join("-" * w for w in widths))
+        for row in cells[1:]:
+            print("\n".join(fmt(row)))
+
+    def pairs(self, items: Sequence[tuple[str, str]], *, title: str | None = None) -> None:
+        self.table(["quantity", "value"], items, title=title, align=["left", "left"])
+
+    @contextmanager
+    def progress(self, total: int, description: str) -> Iterator[Callable[[str], None]]:
+        """Context yielding ``advance(label)``; a rich bar, or ``\\r`` lines on a tty."""
+        if self.err_console is not None and self.err_console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[label]}"),
+                console=self.err_console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task(description, total=total, label="")
+
+                def advance(label: str) -> None:
+                    bar.update(task, advance=1, label=label)
+
+                yield advance
+            return
+        done = 0
+        tty = sys.stderr.isatty()
+
+        def advance_plain(label: str) -> None:
+            nonlocal done
+            done += 1
+            if tty:
+                sys.stderr.write(f"\r{description} {done}/{total} {label}    ")
+                sys.stderr.flush()
+
+        yield advance_plain
+        if tty:
+            sys.stderr.write("\n")
+
+
+def _f(x: Any, digits: int = 6) -> str:
+    """Compact number: ``digits`` significant digits, ``nan`` / ``inf`` spelled out."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "nan"
+    return f"{v:.{digits}g}"
+
+
+# ============================================================================ inputs
+def parse_betas(text: str) -> np.ndarray:
+    """``"0.5,1,2"`` -> those values; ``"0.1:100:20"`` -> 20 log-spaced values in [0.1, 100].
+
+    Raises ValueError with a readable message on bad input (non-numbers, beta <= 0, a
+    count below 1).
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("--betas is empty")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"--betas {text!r}: a range is FROM:TO:COUNT (e.g. 0.1:100:20)")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+            count = int(parts[2])
+        except ValueError as exc:
+            raise ValueError(
+                f"--betas {text!r}: FROM and TO must be numbers, COUNT an integer"
+            ) from exc
+        if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"--betas {text!r}: FROM and TO must be positive (log spacing)")
+        if count < 1:
+            raise ValueError(f"--betas {text!r}: COUNT must be at least 1")
+        return np.array([lo]) if count == 1 else np.logspace(
+            math.log10(lo), math.log10(hi), count
+        )
+    values = []
+    for item in text.split(","):
+        try:
+            b = float(item)
+        except ValueError as exc:
+            raise ValueError(f"--betas: {item.strip()!r} is not a number") from exc
+        if not (b > 0 and math.isfinite(b)):
+            raise ValueError(f"--betas: beta must be positive and finite, got {item.strip()}")
+        values.append(b)
+    return np.array(values)
+
+
+def _read_rows(path: Path) -> list[str]:
+    rows: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        rows.extend(line.split())
+    if not rows:
+        raise CLIError(f"{path}: no map rows found")
+    return rows
+
+
+def _grid_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for key in ("slippery", "n_actions", "min_reward", "max_reward"):
+        val = getattr(args, key, None)
+        if val is not None:
+            kw[key] = val
+    if getattr(args, "no_wind", False):
+        kw["wind"] = None
+    return kw
+
+
+def _parse_gym_args(items: Sequence[str] | None) -> dict[str, Any]:
+    import ast
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise CLIError(f"--gym-arg {item!r}: expected KEY=VALUE (e.g. is_slippery=False)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def load_mdp(spec: str, args: argparse.Namespace) -> Any:
+    """Build the MDP named by ``spec`` (map name, file, inline rows or gymnasium id)."""
+    import tiltrl
+
+    grid_kw = _grid_kwargs(args)
+    path = Path(spec)
+    if spec in tiltrl.MAPS:
+        return tiltrl.gridworld(spec, **grid_kw)
+    if path.is_file():
+        return tiltrl.gridworld(_read_rows(path), name=path.stem, **grid_kw)
+    if _INLINE_ROWS.match(spec):
+        return tiltrl.gridworld(spec.split(","), **grid_kw)
+    if _GYM_ID.match(spec):
+        if grid_kw:
+            flags = ", ".join("--" + k.replace("_", "-") for k in grid_kw)
+            raise CLIError(
+                f"{flags} {'applies' if len(grid_kw) == 1 else 'apply'} to grid maps only, "
+                f"not to the gymnasium env {spec}; "
+                "use --gym-arg KEY=VALUE for gymnasium.make options"
+            )
+        try:
+            return tiltrl.from_gymnasium(
+                spec, terminal=getattr(args, "terminal", "reset"),
+                **_parse_gym_args(getattr(args, "gym_arg", None)),
+            )
+        except Exception as exc:
+            if type(exc).__module__.startswith("gymnasium"):
+                raise CLIError(f"gymnasium could not make {spec!r}: {exc}") from exc
+            raise
+    raise CLIError(
+        f"unknown map {spec!r}: not a named map ({', '.join(tiltrl.MAPS)}), not a file, "
+        "not inline rows (e.g. SFF,FHF,FFG) and not a gymnasium id (e.g. FrozenLake-v1)"
+    )
+
+
+def _describe_mdp(mdp: Any) -> str:
+    name = mdp.info.get("name") or "MDP"
+    kind = "deterministic" if mdp.is_deterministic else "stochastic"
+    return f"{name}: {mdp.n_states} states, {mdp.n_actions} actions, {kind}"
+
+
+def _solve(mdp: Any, beta: float, *, warm: Any = None, **kw: Any) -> Any:
+    """``tiltrl.solve`` with convergence warnings silenced (status is printed instead)."""
+    import tiltrl
+
+    if warm is not None:
+        kw["warm_start"] = warm
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*converge.*")
+        return tiltrl.solve(mdp, beta, **kw)
+
+
+def _run_sweep(
+    out: Output, mdp: Any, betas: np.ndarray, *, dynamics: str, label: str = "sweep",
+    **kw: Any,
+) -> tuple[Any, list[Any]]:
+    """Solve at every beta (increasing order, warm-started); return (Sweep, solutions)."""
+    from tiltrl import Sweep
+
+    order = np.argsort(betas, kind="stable")
+    sols: list[Any] = [None] * len(betas)
+    prev = None
+    with out.progress(len(betas), label) as advance:
+        for i in order:
+            sol = _solve(mdp, float(betas[i]), dynamics=dynamics, warm=prev, **kw)
+            sols[i] = sol
+            prev = sol
+            advance(f"beta={betas[i]:g}")
+    sweep = Sweep(
+        betas=np.asarray(betas, dtype=float),
+        theta=np.array([s.theta for s in sols]),
+        energy=np.array([s.energy for s in sols]),
+        policy_kl=np.array([s.policy_kl for s in sols]),
+        dynamics_kl=np.array([s.dynamics_kl for s in sols]),
+        iterations=np.array([s.iterations for s in sols], dtype=np.int64),
+        converged=np.array([bool(s.converged) for s in sols]),
+        dynamics=dynamics,
+    )
+    return sweep, sols
+
+
+def _rate_rows(sols: Sequence[Any]) -> list[list[str]]:
+    rows = []
+    for s in sols:
+        rows.append([
+            _f(s.beta), _f(s.theta, 8), _f(s.cost_rate, 8), _f(s.energy), _f(s.policy_kl),
+            _f(s.dynamics_kl), str(s.iterations), "yes" if s.converged else "NO",
+        ])
+    return rows
+
+
+_RATE_COLUMNS = ["beta", "theta", "cost rate", "energy", "policy KL", "dynamics KL",
+                 "iters", "converged"]
+
+
+def _require_plotting() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise CLIError("plots need matplotlib: pip install tiltrl[plot]") from exc
+
+
+# ============================================================================ commands
+def cmd_maps(args: argparse.Namespace, out: Output) -> int:
+    import tiltrl
+
+    names = args.names or list(tiltrl.MAPS)
+    unknown = [n for n in names if n not in tiltrl.MAPS]
+    if unknown:
+        raise CLIError(f"unknown map(s) {', '.join(unknown)}; known: {', '.join(tiltrl.MAPS)}")
+    rows = []
+    for name in names:
+        grid = tiltrl.MAPS[name]
+        counts = {t: sum(r.count(t) for r in grid) for t in "SGHWCNR"}
+        tiles = " ".join(f"{t}:{n}" for t, n in counts.items() if n)
+        rows.append([name, f"{len(grid)}x{len(grid[0])}", tiles, "\n".join(grid)])
+    out.table(["name", "size", "tiles", "layout"], rows, align=["left", "left", "left", "left"],
+              title="named maps")
+    out.line("tiles: S start, F floor, H hole, G goal, W wall, C candy, N nail, "
+             "R wind-free floor; size = rows x columns")
+    return 0
+
+
+def cmd_solve(args: argparse.Namespace, out: Output) -> int:
+    mdp = load_mdp(args.map, args)
+    if args.plot:
+        _require_plotting()
+    kw: dict[str, Any] = {"method": args.method, "tol": args.tol}
+    if args.dynamics is not None:
+        kw["dynamics"] = args.dynamics
+    if args.gamma is not None:
+        kw["gamma"] = args.gamma
+    if args.horizon is not None:
+        kw["horizon"] = args.horizon
+    if args.max_iter is not None:
+        kw["max_iter"] = args.max_iter
+    t0 = time.perf_counter()
+    sol = _solve(mdp, args.beta, **kw)
+    elapsed = time.perf_counter() - t0
+
+    items: list[tuple[str, str]] = [
+        ("model", _describe_mdp(mdp)),
+        ("beta", _f(sol.beta)),
+        ("problem", f"{sol.kind} reward, {sol.dynamics} dynamics, method {sol.method}"),
+    ]
+    if sol.kind == "average":
+        items += [
+            ("theta (reward rate)", _f(sol.theta, 10)),
+            ("cost rate (-theta)", _f(sol.cost_rate, 10)),
+            ("log rho = beta*theta", _f(sol.log_rho, 10)),
+            ("energy E_d[r]", _f(sol.energy, 10)),
+            ("policy KL", _f(sol.policy_kl, 10)),
+            ("dynamics KL", _f(sol.dynamics_kl, 10)),
+        ]
+        gap = sol.energy - (sol.policy_kl + sol.dynamics_kl) / sol.beta - sol.theta
+        items.append(("identity E - (KLs)/beta - theta", _f(gap, 3)))
+        lo, hi = sol.bracket
+        if np.isfinite(lo) or np.isfinite(hi):
+            items.append(("bracket on theta", f"[{_f(lo, 10)}, {_f(hi, 10)}]"))
+    else:
+        v = np.asarray(sol.v, dtype=float)
+        v0 = v[0] if v.ndim > 1 else v
+        items.append(("soft value at initial dist.", _f(float(mdp.initial @ v0), 10)))
+        if sol.gamma is not None:
+            items.append(("gamma", _f(sol.gamma)))
+        if sol.horizon is not None:
+            items.append(("horizon", str(sol.horizon)))
+    items += [
+        ("iterations", str(sol.iterations)),
+        ("residual", _f(sol.residual, 3)),
+        ("converged", "yes" if sol.converged else "NO"),
+        ("time", f"{elapsed:.3g} s"),
+    ]
+    items += [("note", n) for n in sol.notes]
+    out.pairs(items, title=f"tiltrl solve {args.map}")
+    if not sol.converged:
+        out.warn("the solver did not reach the tolerance; see residual and bracket")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sol.to_json(path)
+        out.line(f"wrote {path}")
+    if args.plot:
+        if not mdp.info.get("grid"):
+            out.warn(f"--plot: {mdp.info.get('name', 'this model')} is not a grid world; "
+                     "no figure written")
+        else:
+            from tiltrl.viz import plot_policy_and_stationary
+
+            out.line(f"wrote {plot_policy_and_stationary(mdp, sol, args.plot)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, out: Output) -> int:
+    betas = parse_betas(args.betas)
+    mdp = load_mdp(args.map, args)
+    if args.plot:
+        _require_plotting()
+    sweep, sols = _run_sweep(out, mdp, betas, dynamics=args.dynamics, method=args.method,
+                             tol=args.tol)
+    out.table(_RATE_COLUMNS, _rate_rows(sols),
+              title=f"tiltrl sweep {args.map} ({args.dynamics} dynamics) — {_describe_mdp(mdp)}")
+    if not sweep.converged.all():
+        out.warn(f"{int((~sweep.converged).sum())} of {len(betas)} solves did not converge")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep.to_json(path)
+        out.line(f"wrote {path}")
+    if args.plot:
+        from tiltrl.viz import plot_sweep
+        from tiltrl.viz._mpl import save_figure
+
+        name = mdp.info.get("name") or args.map
+        fig = plot_sweep(sweep, title=f"{name}: thermodynamics of the optimal policy "
+                                      f"({args.dynamics} dynamics)")
+        out.line(f"wrote {save_figure(fig, args.plot)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    import tiltrl
+
+    t_start = time.perf_counter()
+    outdir = Path(args.out)
+    betas = parse_betas(args.betas)
+    if args.points < 2:
+        raise CLIError("--points must be at least 2")
+    base = load_mdp(args.map, argparse.Namespace())
+    if not base.info.get("grid") or base.info.get("source") == "gymnasium":
+        raise CLIError("demo needs a grid-world map (a name from `tiltrl maps`, a file, rows)")
+    name = base.info.get("name") or args.map
+    plots = not args.no_plots
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            out.warn("matplotlib is not installed (pip install tiltrl[plot]); no figures")
+            plots = False
+    failed = False
+
+    # 1. the map as given (deterministic moves for most maps), controlled dynamics -------
+    moves = "deterministic moves" if base.is_deterministic else "stochastic moves"
+    out.heading(f"tiltrl demo — {_describe_mdp(base)}")
+    out.line("\n".join("    " + row for row in base.info["grid"]))
+    out.line("reward per step: -1 on S/F, -0.5 candy, -1.5 nail; a hole (H) or goal (G) "
+             "sends the agent back to S with min_reward / 0.")
+    _, det = _run_sweep(out, base, betas, dynamics="controlled", label=moves)
+    out.table(_RATE_COLUMNS, _rate_rows(det),
+              title=f"{moves}, controlled dynamics: optimal entropy-regularised rates "
+                    "(theta = energy - (policy KL + dynamics KL)/beta)")
+    gap = max(abs(s.energy - (s.policy_kl + s.dynamics_kl) / s.beta - s.theta) for s in det)
+    out.line(f"max |energy - KLs/beta - theta| over the table: {gap:.2e}")
+
+    # 2. calibration ---------------------------------------------------------------------
+    cal_beta = CALIBRATION["beta"]
+    reuse = [s for s in det if s.beta == cal_beta] if name == CALIBRATION["map"] else []
+    cal = reuse[0] if reuse else _solve(tiltrl.gridworld(CALIBRATION["map"]), cal_beta,
+                                        dynamics="controlled")
+    err = abs(cal.cost_rate - CALIBRATION["cost_rate"])
+    ok = err <= CALIBRATION["tol"]
+    failed |= not ok
+    out.line(
+        f"calibration (DESIGN.md §4): {CALIBRATION['map']} beta={cal_beta:g} cost rate = "
+        f"{cal.cost_rate:.8f}, published {CALIBRATION['cost_rate']:.6f}, "
+        f"|diff| = {err:.1e} -> {'OK' if ok else 'FAILED'}",
+        style="bold green" if ok else "bold red",
+    )
+
+    # 3. slippery variant: controlled vs fixed dynamics ---------------------------------
+    k = args.slippery
+    if base.is_deterministic:
+        slip = load_mdp(args.map, argparse.Namespace(slippery=k))
+        variant = f"slippery={k:g}"
+        out.heading(f"{variant}: intended move {(k + 1) / (3 + k):.3g}, each side "
+                    f"{1 / (3 + k):.3g}")
+    else:  # already stochastic (e.g. windycliff): compare on the map as it is
+        slip, variant = base, "stochastic"
+        out.heading(f"{name} has stochastic moves: controlled vs fixed dynamics")
+    _, ctrl = _run_sweep(out, slip, betas, dynamics="controlled", label="controlled")
+    _, fixd = _run_sweep(out, slip, betas, dynamics="fixed", label="fixed")
+    rows = []
+    optimistic = True
+    for c, f in zip(ctrl, fixd, strict=True):
+        optimistic &= c.theta >= f.theta - 1e-9 * max(1.0, abs(f.theta))
+        rows.append([
+            _f(c.beta), _f(c.theta, 8), _f(f.theta, 8), _f(c.theta - f.theta, 4),
+            _f(c.policy_kl), _f(c.dynamics_kl), _f(f.policy_kl), _f(f.energy),
+            f"{c.iterations}/{f.iterations}",
+            "yes" if c.converged and f.converged else "NO",
+        ])
+    out.table(
+        ["beta", "theta ctrl", "theta fixed", "ctrl-fixed", "pKL ctrl", "dKL ctrl",
+         "pKL fixed", "energy fixed", "iters c/f", "ok"],
+        rows,
+        title="controlled dynamics (tilted matrix: may bend the slip, pays dKL) vs fixed "
+              "dynamics (the environment's own); pKL/dKL = policy/dynamics KL",
+    )
+    out.line(
+        "controlled >= fixed at every beta (the controlled optimum is optimistic): "
+        + ("yes" if optimistic else "NO"),
+        style=None if optimistic else "bold red",
+    )
+
+    # 4. figures -------------------------------------------------------------------------
+    if plots:
+        from tiltrl.viz import plot_grid_solution, plot_policy_and_stationary, plot_sweep
+        from tiltrl.viz._mpl import new_figure, save_figure
+
+        outdir.mkdir(parents=True, exist_ok=True)
+        pick = int(np.argmin(np.abs(np.log(betas / cal_beta))))
+        b_fig = float(betas[pick])
+        written = [plot_policy_and_stationary(
+            base, det[pick], outdir / f"{name}_beta{b_fig:g}_policy_stationary.png")]
+
+        rows_n, cols_n = len(base.info["grid"]), len(base.info["grid"][0])
+        cell = float(np.clip(6.0 / max(rows_n, cols_n), 0.12, 0.7))
+        fig = new_figure((2 * (cols_n * cell + 1.6), rows_n * cell + 1.6))
+        ax_c, ax_f = fig.subplots(1, 2)
+        plot_grid_solution(slip, ctrl[pick], ax=ax_c, title="controlled dynamics")
+        plot_grid_solution(slip, fixd[pick], ax=ax_f, title="fixed dynamics")
+        fig.suptitle(f"{name}, {variant}, beta={b_fig:g}: stationary distribution "
+                     "and policy", fontsize=11)
+        tag = f"{name}_{variant.replace('=', '')}"
+        written.append(save_figure(
+            fig, outdir / f"{tag}_beta{b_fig:g}_controlled_vs_fixed.png"))
+
+        dense = np.logspace(-1, math.log10(max(100.0, float(betas.max()))), args.points)
+        if slip is not base:  # else the controlled curve is in the comparison below
+            sw_det, _ = _run_sweep(out, base, dense, dynamics="controlled", label="sweep")
+            written.append(save_figure(
+                plot_sweep(sw_det, title=f"{name}, {moves}: thermodynamic curves"),
+                outdir / f"{name}_sweep.png"))
+        sw_c, _ = _run_sweep(out, slip, dense, dynamics="controlled", label="sweep ctrl")
+        sw_f, _ = _run_sweep(out, slip, dense, dynamics="fixed", label="sweep fixed")
+        written.append(save_figure(
+            plot_sweep({"controlled": sw_c, "fixed": sw_f},
+                       title=f"{name}, {variant}: controlled vs fixed dynamics"),
+            outdir / f"{tag}_sweep.png"))
+        out.heading("figures")
+        for p in written:
+            out.line(f"wrote {p}")
+    out.line(f"demo finished in {time.perf_counter() - t_start:.1f} s")
+    return 1 if failed else 0
+
+
+# ============================================================================ parser
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _add_map_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("map", metavar="MAP",
+                   help="named map (see `tiltrl maps`), a file of rows, inline rows "
+                        "SFF,FHF,FFG, or a gymnasium id (FrozenLake-v1, CliffWalking-v1, "
+                        "Taxi-v4)")
+    g = p.add_argument_group("grid-world options")
+    g.add_argument("--slippery", type=_nonneg_float, default=None, metavar="K",
+                   help="intended move w.p. (K+1)/(3+K), each side 1/(3+K) (default 0)")
+    g.add_argument("--n-actions", type=int, choices=(4, 5, 8, 9), default=None,
+                   help="4 moves, 5 (+stay), 8 (+diagonals), 9 (+both)")
+    g.add_argument("--min-reward", type=float, default=None, metavar="X",
+                   help="reward on a hole (default -1.5; windycliff -5)")
+    g.add_argument("--max-reward", type=float, default=None, metavar="X",
+                   help="reward on a goal (default 0)")
+    g.add_argument("--no-wind", action="store_true", help="drop a named map's default wind")
+    g = p.add_argument_group("gymnasium options")
+    g.add_argument("--terminal", choices=("reset", "reset_next", "absorbing"), default="reset",
+                   help="how episodes are made continuing (default reset)")
+    g.add_argument("--gym-arg", action="append", metavar="KEY=VALUE",
+                   help="option for gymnasium.make, e.g. is_slippery=False (repeatable)")
+
+
+def _add_solver_options(p: argparse.ArgumentParser, *, dynamics_default: str | None) -> None:
+    p.add_argument("--dynamics", choices=("controlled", "fixed"), default=dynamics_default,
+                   help="controlled: tilted-matrix (Perron/Doob) optimum; fixed: the "
+                        "environment's own dynamics"
+                        + (f" (default {dynamics_default})" if dynamics_default else
+                           " (default controlled; fixed with --gamma/--horizon)"))
+    p.add_argument("--method", default="auto", help="solver method (default auto)")
+    p.add_argument("--tol", type=_positive_float, default=1e-10, help="tolerance (1e-10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tiltrl",
+        description="Exact entropy-regularised RL as non-equilibrium statistical mechanics "
+                    "(tilted matrices, Perron roots, thermodynamic curves).",
+    )
+    from tiltrl import __version__
+
+    parser.add_argument("--version", action="version", version=f"tiltrl {__version__}")
+    parser.add_argument("--plain", action="store_true", help="plain text output (no rich)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("maps", help="list the named grid maps")
+    p.add_argument("names", nargs="*", help="only these maps")
+    p.set_defaults(func=cmd_maps)
+
+    p = sub.add_parser("solve", help="solve one MDP exactly at one beta")
+    _add_map_options(p)
+    p.add_argument("--beta", type=_positive_float, required=True, help="inverse temperature")
+    _add_solver_options(p, dynamics_default=None)
+    p.add_argument("--gamma", type=float, default=None, help="discount in [0, 1)")
+    p.add_argument("--horizon", type=int, default=None, help="finite horizon (steps)")
+    p.add_argument("--max-iter", type=int, default=None, help="iteration cap")
+    p.add_argument("--json", metavar="PATH", help="write the Solution as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write policy + stationary figure (grids)")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("sweep", help="thermodynamic curves over beta")
+    _add_map_options(p)
+    p.add_argument("--betas", required=True,
+                   help="comma list (0.5,1,2,5) or FROM:TO:COUNT log-spaced (0.1:100:20)")
+    _add_solver_options(p, dynamics_default="controlled")
+    p.add_argument("--json", metavar="PATH", help="write the Sweep as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the thermodynamic curves")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="the README demo: calibration, controlled vs fixed")
+    p.add_argument("--out", default="out", metavar="DIR", help="figure folder (default out/)")
+    p.add_argument("--map", default=CALIBRATION["map"], help="grid map (default 7x7holes)")
+    p.add_argument("--betas", default="1,5,10,20,50,100", help="betas of the tables")
+    p.add_argument("--slippery", type=_positive_float, default=1.0, metavar="K",
+                   help="slippery parameter of the stochastic variant (default 1)")
+    p.add_argument("--points", type=int, default=19, metavar="N",
+                   help="betas in the swept curves, log-spaced from 0.1 (default 19)")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tiltrl`` command; return the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports bad usage itself (status 2), or --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    out = Output(plain=args.plain)
+    try:
+        return int(args.func(args, out))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"tiltrl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
