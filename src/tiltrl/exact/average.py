@@ -25,6 +25,7 @@ computation of optimal actions", PNAS 106 (2009).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +164,7 @@ def solve_controlled(
     tol: float = 1e-10,
     max_iter: int | None = None,
     warm_start: Solution | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Solution:
     """Perron solution of the tilted matrix (optimal policy *and* dynamics).
 
@@ -182,7 +184,8 @@ def solve_controlled(
     h0 = h0 - h0[ref]
     if method == "newton":
         res = newton_average(
-            _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter
+            _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter,
+            progress=progress,
         )
         if not res.converged:
             # Newton failed (e.g. a numerically multichain policy): fall back to power
@@ -367,6 +370,7 @@ def solve_fixed(
     tol: float = 1e-10,
     max_iter: int | None = None,
     warm_start: Solution | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> Solution:
     """Entropy-regularised average-reward optimum under the environment's dynamics."""
     S, A = mdp.shape
@@ -401,7 +405,7 @@ def solve_fixed(
     if method == "newton":
         res = newton_average(
             _fixed_evaluator(mdp, states, beta, shift), h0, ref=ref, beta=beta, tol=tol,
-            max_iter=max_iter,
+            max_iter=max_iter, progress=progress,
         )
     elif method == "rvi":
         res = _fixed_rvi(mdp, states, beta, shift, h0, ref, tol, max_iter)

@@ -19,8 +19,6 @@ dynamic programming", Math. Oper. Res. 4 (1979) — policy iteration as Newton's
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +35,8 @@ __all__ = [
     "stationary_distribution",
 ]
 
-_DEBUG = bool(os.environ.get("TILTRL_DEBUG_NEWTON"))
+#: below this many states every Newton step refactorises (an LU is cheap there)
+_REUSE_MIN_STATES = 20_000
 
 #: ``evaluate(h) -> (T h, K)`` with ``K`` given as COO triplets ``(rows, cols, values)``.
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]
@@ -108,6 +107,7 @@ def newton_average(
     beta: float,
     tol: float,
     max_iter: int,
+    progress: Callable[[int, float], None] | None = None,
 ) -> NewtonResult:
     """Solve ``h + theta = T h`` (``h[ref]`` fixed) by Newton / soft policy iteration.
 
@@ -127,6 +127,7 @@ def newton_average(
     best: tuple[float, np.ndarray] | None = None
     it = 0
     lu = None
+    prev_resid = np.inf
     factorisations = 0
     while True:
         Th, kernel = evaluate(h)
@@ -140,10 +141,18 @@ def newton_average(
         if resid < tol or it >= max_iter:
             break
         A = _evaluation_matrix(kernel, n, ref)
-        if _DEBUG:
-            print(f"newton it={it} resid={resid:.3e}", file=sys.stderr)
+        if progress is not None:
+            progress(it, resid)
         x = None
-        if lu is not None and resid < 0.5:
+        # reuse the old LU on large problems while that still contracts fast; small
+        # problems refactorise every step (exact Newton, quadratic convergence)
+        reuse = (
+            lu is not None and n >= _REUSE_MIN_STATES and resid < 0.5
+            and resid < 0.3 * prev_resid
+        )
+        if not reuse:
+            lu = None
+        if lu is not None:
             # inexact Newton: the last LU preconditions GMRES on the new Jacobian; a
             # refactorisation is only paid for when the policy moved too far
             x = _preconditioned_solve(A, b, lu)
@@ -161,6 +170,7 @@ def newton_average(
         x[ref] = 0.0
         h = h + x
         h -= h[ref]
+        prev_resid = resid
         it += 1
     converged = resid < tol
     if not converged and best is not None and best[0] < resid:

@@ -7,7 +7,8 @@ Convention (DESIGN.md §1): rewards, ``beta > 0`` inverse temperature, objective
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -32,6 +33,7 @@ def solve(
     tol: float = 1e-10,
     max_iter: int | None = None,
     warm_start: Solution | None = None,
+    progress: bool = False,
 ) -> Solution:
     """Solve an entropy-regularised MDP exactly.
 
@@ -62,6 +64,9 @@ def solve(
         ``beta * max|T V - V|`` (discounted).
     warm_start
         A previous :class:`Solution` (e.g. at a nearby beta) to start from.
+    progress
+        Print one line per Newton step (iteration and residual) to stderr; worth it on
+        models with 1e5+ state-action pairs where one step takes seconds.
 
     Returns
     -------
@@ -96,11 +101,30 @@ def solve(
             warm_start=warm_start,
         )
     m = "newton" if method == "auto" else method
+    report = _newton_reporter(beta) if progress else None
     if dynamics == "controlled":
         return solve_controlled(
-            mdp, beta, method=m, tol=tol, max_iter=max_iter, warm_start=warm_start
+            mdp, beta, method=m, tol=tol, max_iter=max_iter, warm_start=warm_start,
+            progress=report,
         )
-    return solve_fixed(mdp, beta, method=m, tol=tol, max_iter=max_iter, warm_start=warm_start)
+    return solve_fixed(
+        mdp, beta, method=m, tol=tol, max_iter=max_iter, warm_start=warm_start,
+        progress=report,
+    )
+
+
+def _newton_reporter(beta: float) -> Callable[[int, float], None]:
+    start = time.perf_counter()
+
+    def report(iteration: int, residual: float) -> None:
+        elapsed = time.perf_counter() - start
+        sys.stderr.write(
+            f"  beta={beta:g} newton step {iteration:3d}  residual {residual:9.3e}  "
+            f"{elapsed:7.2f} s\n"
+        )
+        sys.stderr.flush()
+
+    return report
 
 
 def sweep(
