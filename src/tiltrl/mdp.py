@@ -174,7 +174,12 @@ class TabularMDP:
             # a constant-in-s' reward is stored compactly as r(s,a)
             spread = np.zeros(S * A)
             np.maximum.at(spread, rows, np.abs(transition_reward - reward.ravel()[rows]))
-            if spread.max(initial=0.0) == 0.0:
+            scale = max(1.0, float(np.max(np.abs(transition_reward), initial=0.0)))
+            if spread.max(initial=0.0) <= 1e-12 * scale:
+                # constant in s' up to round-off of the mean: store r(s,a) exactly
+                const = np.zeros(S * A)
+                const[rows] = transition_reward
+                reward = const.reshape(S, A)
                 transition_reward = None
         else:
             assert r_arr is not None

@@ -143,6 +143,68 @@ def _choose_class(
     return _ClassChoice(solve_states, recurrent, notes, None)
 
 
+#: below this stationary mass the linear-space stationary law loses relative accuracy
+_LINEAR_MU_FLOOR = 1e-6
+#: the log-space left solve (a second Newton run) is skipped above this class size
+_LOG_LEFT_MAX_STATES = 20_000
+
+
+def _log_left_vector(
+    mdp: TabularMDP,
+    beta: float,
+    shift: float,
+    recurrent: np.ndarray,
+    log_nu0: np.ndarray,
+    theta_shift: float,
+    tol: float,
+) -> np.ndarray | None:
+    """``log nu`` on the recurrent class from ``nu Q = rho nu``, in log space.
+
+    Writing ``nu = exp(beta g)``: ``g(s') + theta = (1/beta) log sum_s Q[s,s'] exp(beta g(s))``,
+    the right problem of the transposed kernel, solved by the same Newton method and
+    warm-started from the linear-space estimate. Returns ``None`` if it does not converge
+    to the known root.
+    """
+    kern, _ = state_log_kernel(mdp, beta, shift).restrict(recurrent)
+    rows = kern.row_of
+    order = np.lexsort((rows, kern.cols))
+    t_rows = kern.cols[order]
+    indptr = np.zeros(kern.n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(t_rows, minlength=kern.n), out=indptr[1:])
+    transposed = LogKernel(indptr, rows[order], kern.logw[order])
+    g0 = np.where(np.isfinite(log_nu0), log_nu0, np.min(log_nu0[np.isfinite(log_nu0)]) - 50.0)
+    g0 = g0 / beta
+    ref = int(np.argmax(g0))
+    res = newton_average(
+        _kernel_evaluator(transposed, beta), g0 - g0[ref], ref=ref, beta=beta, tol=tol,
+        max_iter=100,
+    )
+    if not res.converged or abs(res.theta - theta_shift) > 1e-8 * max(1.0, abs(theta_shift)):
+        return None
+    return beta * res.h
+
+
+def _anneal(
+    newton_at: Callable[[float, np.ndarray], NewtonResult],
+    beta: float,
+    reward_range: float,
+    h0: np.ndarray,
+) -> NewtonResult:
+    """Solve along ``beta_k = beta / 2^k`` upwards, each stage warm-started (continuation)."""
+    start = min(beta / 2.0, 20.0 / max(reward_range, 1e-300))
+    n_stages = max(1, int(np.ceil(np.log2(beta / start))))
+    h = h0
+    iterations = 0
+    for b in np.geomspace(start, beta, n_stages + 1)[:-1]:
+        stage = newton_at(float(b), h)
+        iterations += stage.iterations
+        if stage.converged:
+            h = stage.h
+    final = newton_at(beta, h)
+    final.iterations += iterations
+    return final
+
+
 def _restricted_warm_start(
     warm: Solution | None, states: np.ndarray, beta: float
 ) -> np.ndarray:
@@ -188,22 +250,29 @@ def solve_controlled(
             progress=progress,
         )
         if not res.converged:
-            # Newton failed (e.g. a numerically multichain policy): fall back to power
-            fallback = _power_iteration(
-                sub, res.h, ref=ref, beta=beta, tol=tol, max_iter=100_000
-            )
-            if fallback.residual < res.residual:
-                choice.notes.append(
-                    f"Newton stopped ({res.note or 'max_iter'}); finished by power iteration"
+            # Newton from this start failed (at huge beta the first soft policies can be
+            # numerically multichain): anneal, warm-starting from ever larger beta
+            def newton_at(b: float, h_start: np.ndarray) -> NewtonResult:
+                k_b, _ = state_log_kernel(mdp, b, shift).restrict(states)
+                return newton_average(
+                    _kernel_evaluator(k_b, b), h_start, ref=ref, beta=b, tol=tol,
+                    max_iter=max_iter,
                 )
-                fallback.iterations += res.iterations
-                res = fallback
+
+            annealed = _anneal(newton_at, beta, r_hi - r_lo, h0)
+            if annealed.residual < res.residual:
+                choice.notes.append(
+                    f"Newton from the start stopped ({res.note or 'max_iter'}); "
+                    "solved by annealing beta"
+                )
+                annealed.iterations += res.iterations
+                res = annealed
     elif method in ("power", "rvi"):
         res = _power_iteration(sub, h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter)
     else:
         raise ValueError(f"unknown method {method!r} for controlled dynamics; "
                          "use 'newton' or 'power'")
-    return _assemble_controlled(mdp, beta, shift, states, choice, res, method)
+    return _assemble_controlled(mdp, beta, shift, states, choice, res, method, tol)
 
 
 def _assemble_controlled(
@@ -214,6 +283,7 @@ def _assemble_controlled(
     choice: _ClassChoice,
     res: NewtonResult,
     method: str,
+    tol: float = 1e-10,
 ) -> Solution:
     S, A = mdp.shape
     n = states.size
@@ -242,7 +312,26 @@ def _assemble_controlled(
     on = mu > 0
     log_nu = np.full(S, -np.inf)
     log_nu[on] = np.log(mu[on]) - log_chi[on]
-    c = _logsumexp(log_nu[on])
+    rec = choice.recurrent
+    tiny_mass = rec.size > 1 and mu[rec].min() < _LINEAR_MU_FLOOR
+    if tiny_mass and rec.size > _LOG_LEFT_MAX_STATES:
+        choice.notes.append(
+            "left eigenvector from the linear-space stationary law: components whose "
+            "stationary mass is below ~1e-16 are not resolved (log_left there is inexact)"
+        )
+    elif tiny_mass:
+        # mu is exact only to ~1e-16 absolute: solve the left problem nu Q = rho nu in log
+        # space (Newton on the transposed kernel) so tiny components keep their digits
+        refined = _log_left_vector(mdp, beta, shift, rec, log_nu[rec], res.theta, tol)
+        if refined is not None:
+            # scale nu so that sum(nu chi) = sum(mu) = 1, as on the linear path
+            log_mu_rec = refined + log_chi[rec]
+            log_nu = np.full(S, -np.inf)
+            log_nu[rec] = refined - _logsumexp(log_mu_rec)
+            mu = np.zeros(S)
+            mu[rec] = np.exp(log_mu_rec - _logsumexp(log_mu_rec))
+            on = mu > 0
+    c = _logsumexp(log_nu[np.isfinite(log_nu)])
     log_nu -= c
     log_u = log_u + c  # sum(u v) = sum_s nu chi = exp(-c) before rescaling
     log_chi = log_chi + c
@@ -407,6 +496,27 @@ def solve_fixed(
             _fixed_evaluator(mdp, states, beta, shift), h0, ref=ref, beta=beta, tol=tol,
             max_iter=max_iter, progress=progress,
         )
+        if not res.converged:
+            def newton_at(b: float, h_start: np.ndarray) -> NewtonResult:
+                return newton_average(
+                    _fixed_evaluator(mdp, states, b, shift), h_start, ref=ref, beta=b,
+                    tol=tol, max_iter=max_iter,
+                )
+
+            annealed = _anneal(newton_at, beta, r_hi - r_lo, h0)
+            if annealed.converged or annealed.residual < res.residual:
+                notes.append(
+                    f"Newton from the start stopped ({res.note or 'max_iter'}); "
+                    "solved by annealing beta"
+                )
+                annealed.iterations += res.iterations
+                res = annealed
+            if not res.converged:
+                rvi = _fixed_rvi(mdp, states, beta, shift, res.h, ref, tol, 200_000)
+                if rvi.residual < res.residual:
+                    notes.append("Newton did not converge; finished by relative value iteration")
+                    rvi.iterations += res.iterations
+                    res = rvi
     elif method == "rvi":
         res = _fixed_rvi(mdp, states, beta, shift, h0, ref, tol, max_iter)
     elif method == "mapping":

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, gmres, splu
+from scipy.sparse.linalg import splu
 
 __all__ = [
     "NewtonResult",
@@ -34,6 +34,9 @@ __all__ = [
     "relative_residual",
     "stationary_distribution",
 ]
+
+#: largest change of beta*h accepted in one Newton step
+_MAX_LOG_STEP = 1e12
 
 #: below this many states every Newton step refactorises (an LU is cheap there)
 _REUSE_MIN_STATES = 20_000
@@ -79,24 +82,21 @@ def _evaluation_matrix(
     return sp.csc_matrix((all_vals, (all_rows, all_cols)), shape=(n, n))
 
 
-def _preconditioned_solve(
-    A: sp.csc_matrix, b: np.ndarray, lu: Any, eta: float = 1e-4
-) -> np.ndarray | None:
-    """Inexact Newton step: ``||A x - b|| <= eta ||b||`` using an old LU, else ``None``.
+def _precision_floor(h: np.ndarray, beta: float) -> float:
+    """Smallest relative residual double precision can certify: log-space values of size
+    ``beta*|h|`` carry absolute rounding errors of ``eps*beta*|h|`` each."""
+    return float(64 * np.finfo(float).eps * max(1.0, beta * float(np.max(np.abs(h)))))
 
-    First the chord step ``x = LU_old^{-1} b``; if that is not accurate enough, a few
-    GMRES iterations preconditioned by the old LU. The forcing term ``eta`` keeps the
-    local convergence at a factor ``eta`` per step (Dembo, Eisenstat & Steihaug 1982).
+
+def _chord_step(A: sp.csc_matrix, b: np.ndarray, lu: Any) -> np.ndarray | None:
+    """Chord step ``x = LU_old^{-1} b``: two triangular solves instead of a new LU.
+
+    Whether it is kept is decided on the nonlinear residual by the caller.
     """
-    target = eta * float(np.max(np.abs(b)))
     x = lu.solve(b)
-    if np.max(np.abs(A @ x - b)) <= target:
-        return x
-    M = LinearOperator(A.shape, matvec=lu.solve, dtype=np.float64)
-    x, _ = gmres(A, b, x0=x, M=M, rtol=0.1 * eta, atol=0.0, restart=8, maxiter=1)
-    if not np.all(np.isfinite(x)) or np.max(np.abs(A @ x - b)) > target:
-        return None
-    return np.asarray(x)
+    for _ in range(2):  # iterative refinement against the current Jacobian
+        x = x + lu.solve(b - A @ x)
+    return np.asarray(x) if np.all(np.isfinite(x)) else None
 
 
 def newton_average(
@@ -117,66 +117,81 @@ def newton_average(
     controlled problem on an irreducible class).
 
     A sparse LU is by far the most expensive part of an iteration, and successive
-    Jacobians differ only where the soft policy changed; so each step first tries GMRES
-    preconditioned by the last LU (a few cheap triangular solves) and factorises anew only
-    when that fails to converge quickly.
+    Jacobians differ only where the soft policy changed; so on large models a step first
+    tries the last LU (a chord step: two triangular solves) and factorises anew only when
+    that step is inaccurate or the residual stopped falling fast.
     """
     h = np.array(h0, dtype=np.float64)
     n = h.size
     note = ""
-    best: tuple[float, np.ndarray] | None = None
     it = 0
     lu = None
-    prev_resid = np.inf
     factorisations = 0
-    while True:
-        Th, kernel = evaluate(h)
-        b = Th - h
-        theta, lo, hi, resid = relative_residual(b, beta)
-        if not np.isfinite(resid):
-            note = "non-finite Bellman residual; stopped"
-            break
-        if best is None or resid < best[0]:
-            best = (resid, h.copy())
-        if resid < tol or it >= max_iter:
-            break
-        A = _evaluation_matrix(kernel, n, ref)
+    chord_allowed = True
+    Th, kernel = evaluate(h)
+    theta, lo, hi, resid = relative_residual(Th - h, beta)
+    while resid >= tol and it < max_iter and np.isfinite(resid):
         if progress is not None:
             progress(it, resid)
+        b = Th - h
+        A = _evaluation_matrix(kernel, n, ref)
         x = None
-        # reuse the old LU on large problems while that still contracts fast; small
-        # problems refactorise every step (exact Newton, quadratic convergence)
-        reuse = (
-            lu is not None and n >= _REUSE_MIN_STATES and resid < 0.5
-            and resid < 0.3 * prev_resid
-        )
-        if not reuse:
-            lu = None
-        if lu is not None:
-            # inexact Newton: the last LU preconditions GMRES on the new Jacobian; a
-            # refactorisation is only paid for when the policy moved too far
-            x = _preconditioned_solve(A, b, lu)
+        # on large models, reuse the last LU once Newton is in its fast local regime;
+        # small models refactorise every step (exact Newton, quadratic convergence)
+        if lu is not None and chord_allowed and n >= _REUSE_MIN_STATES and resid < 1e-3:
+            x = _chord_step(A, b, lu)
+        chord = x is not None
         if x is None:
             try:
                 lu = splu(A)
-                factorisations += 1
-            except RuntimeError as exc:  # exactly singular: several recurrent classes
-                note = f"policy evaluation singular ({exc}); stopped"
-                break
+            except RuntimeError:
+                # numerically several recurrent classes (policy probabilities underflow at
+                # huge beta): evaluate with a discount 1 - 1e-10 instead, which picks one
+                # solution of the singular system; the next improvement step merges them
+                try:
+                    lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(n)))
+                except RuntimeError as exc:
+                    note = f"policy evaluation singular ({exc}); stopped"
+                    break
+            factorisations += 1
             x = lu.solve(b)
+            if resid < 1e-4:
+                # one step of iterative refinement: near the solution the accuracy of
+                # the linear solve, not Newton, limits the final residual
+                x = x + lu.solve(b - A @ x)
         if not np.all(np.isfinite(x)):
             note = "policy evaluation returned non-finite values; stopped"
             break
         x[ref] = 0.0
-        h = h + x
-        h -= h[ref]
-        prev_resid = resid
+        # the value of a nearly multichain policy can be astronomically large; keep
+        # beta*h far from overflow (only the ordering of such values matters to the
+        # next improvement step)
+        size = beta * float(np.max(np.abs(x)))
+        if size > _MAX_LOG_STEP:
+            x *= _MAX_LOG_STEP / size
+        h_try = h + x
+        h_try -= h_try[ref]
+        Th_try, kernel_try = evaluate(h_try)
+        trial = relative_residual(Th_try - h_try, beta)
         it += 1
-    converged = resid < tol
-    if not converged and best is not None and best[0] < resid:
-        h = best[1]
-        Th, kernel = evaluate(h)
-        theta, lo, hi, resid = relative_residual(Th - h, beta)
+        if chord and not trial[3] < 0.5 * resid:
+            # the old LU no longer describes the Jacobian well: redo this step exactly
+            chord_allowed = False
+            continue
+        # an exact step is soft policy iteration: its gain never decreases even when the
+        # residual jumps (the evaluated policy may be nearly multichain), so it is kept
+        chord_allowed = True
+        stalled = trial[3] > 0.5 * resid
+        h, Th, kernel = h_try, Th_try, kernel_try
+        theta, lo, hi, resid = trial
+        floor = _precision_floor(h, beta)
+        if stalled and resid < floor:
+            note = (
+                f"residual {resid:.2g} is at the floating-point floor ~{floor:.1g} of this "
+                f"problem (beta*max|h| = {beta * np.max(np.abs(h)):.3g}); accepted"
+            )
+            break
+    converged = bool(resid < max(tol, _precision_floor(h, beta)))
     out = NewtonResult(h, theta, (lo, hi), resid, it, converged, kernel, note)
     out.lu = lu
     out.factorisations = factorisations
@@ -240,7 +255,12 @@ def stationary_distribution(
             lu = None
         if lu is not None and np.all(np.isfinite(mu)):
             return _normalise(mu)
-    mu = splu(A).solve(e, trans="T")
+    try:
+        mu = splu(A).solve(e, trans="T")
+    except RuntimeError:
+        # numerically several recurrent classes (transition probabilities below 1e-308
+        # at huge beta): a relative 1e-13 diagonal shift selects the class of ``ref``
+        mu = splu(sp.csc_matrix(A + 1e-13 * sp.identity(n))).solve(e, trans="T")
     return _normalise(mu)
 
 

@@ -1,0 +1,43 @@
+"""Shared test configuration: deterministic, single-threaded, headless, fast hypothesis."""
+
+from __future__ import annotations
+
+import os
+
+# before numpy / scipy / matplotlib / pygame are imported by any test module
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
+else:
+    settings.register_profile(
+        "tiltrl",
+        deadline=None,
+        max_examples=25,
+        derandomize=True,  # fixed seeds: the same examples on every run
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.register_profile(
+        "thorough",
+        deadline=None,
+        max_examples=500,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    settings.load_profile(os.environ.get("TILTRL_HYPOTHESIS_PROFILE", "tiltrl"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A freshly seeded generator per test (fixed seed)."""
+    return np.random.default_rng(20240611)
