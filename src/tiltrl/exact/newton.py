@@ -138,7 +138,7 @@ def newton_average(
         x = None
         # on large models, reuse the last LU once Newton is in its fast local regime;
         # small models refactorise every step (exact Newton, quadratic convergence)
-        if lu is not None and chord_allowed and n >= _REUSE_MIN_STATES and resid < 1e-3:
+        if lu is not None and chord_allowed and n >= _REUSE_MIN_STATES and resid < 1e-1:
             x = _chord_step(A, b, lu)
         chord = x is not None
         if x is None:
