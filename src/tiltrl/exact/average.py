@@ -184,6 +184,25 @@ def _log_left_vector(
     return beta * res.h
 
 
+def _anneal_if_better(
+    res: NewtonResult,
+    newton_at: Callable[[float, np.ndarray], NewtonResult],
+    beta: float,
+    reward_range: float,
+    h0: np.ndarray,
+    notes: list[str],
+) -> NewtonResult:
+    """After a failed Newton run: try :func:`_anneal`, keep whichever result is better."""
+    annealed = _anneal(newton_at, beta, reward_range, h0)
+    if not (annealed.converged or annealed.residual < res.residual):
+        return res
+    notes.append(
+        f"Newton from the start stopped ({res.note or 'max_iter'}); solved by annealing beta"
+    )
+    annealed.iterations += res.iterations
+    return annealed
+
+
 def _anneal(
     newton_at: Callable[[float, np.ndarray], NewtonResult],
     beta: float,
@@ -259,14 +278,7 @@ def solve_controlled(
                     max_iter=max_iter,
                 )
 
-            annealed = _anneal(newton_at, beta, r_hi - r_lo, h0)
-            if annealed.residual < res.residual:
-                choice.notes.append(
-                    f"Newton from the start stopped ({res.note or 'max_iter'}); "
-                    "solved by annealing beta"
-                )
-                annealed.iterations += res.iterations
-                res = annealed
+            res = _anneal_if_better(res, newton_at, beta, r_hi - r_lo, h0, choice.notes)
     elif method in ("power", "rvi"):
         res = _power_iteration(sub, h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter)
     else:
@@ -503,14 +515,7 @@ def solve_fixed(
                     tol=tol, max_iter=max_iter,
                 )
 
-            annealed = _anneal(newton_at, beta, r_hi - r_lo, h0)
-            if annealed.converged or annealed.residual < res.residual:
-                notes.append(
-                    f"Newton from the start stopped ({res.note or 'max_iter'}); "
-                    "solved by annealing beta"
-                )
-                annealed.iterations += res.iterations
-                res = annealed
+            res = _anneal_if_better(res, newton_at, beta, r_hi - r_lo, h0, notes)
             if not res.converged:
                 rvi = _fixed_rvi(mdp, states, beta, shift, res.h, ref, tol, 200_000)
                 if rvi.residual < res.residual:
