@@ -1187,3 +1187,54 @@ def test_sweep_json_round_trip(tmp_path):
             np.testing.assert_array_equal(x, y, err_msg=name)
         assert back.dynamics == "fixed"
     assert Path(tmp_path / "s.json").exists()
+
+
+# ============================================================================ periodicity
+
+
+def _cycle_mdp(k: int, leak: float, seed: int = 0) -> tuple[TabularMDP, np.ndarray]:
+    """One action, a deterministic k-cycle; with ``leak`` > 0 each state also stays put."""
+    rng = np.random.default_rng(seed)
+    P = np.zeros((k, 1, k))
+    for s in range(k):
+        P[s, 0, (s + 1) % k] = 1.0 - leak
+        P[s, 0, s] += leak
+    r = rng.uniform(-2.0, 1.0, size=(k, 1))
+    return TabularMDP(P, r), r.ravel()
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+@pytest.mark.parametrize("beta", [0.5, 10.0, 1000.0])
+def test_exactly_periodic_chain_converges(k, beta):
+    """|lambda_2| = rho on a pure cycle: power iteration cannot converge, Newton must.
+
+    With one action and deterministic moves both optima equal the cycle's mean reward and
+    the stationary law is uniform."""
+    mdp, r = _cycle_mdp(k, 0.0)
+    for dynamics in ("controlled", "fixed"):
+        sol = tiltrl.solve(mdp, beta, dynamics=dynamics)
+        assert sol.converged
+        assert sol.theta == pytest.approx(r.mean(), abs=1e-10)
+        np.testing.assert_allclose(sol.state_distribution, np.full(k, 1.0 / k), atol=1e-12)
+
+
+def test_nearly_periodic_chain_converges_and_matches_dense():
+    """A 5-cycle that stays put with probability 1e-6: |lambda_2|/rho ~ 1 - 1e-6 or so."""
+    mdp, _ = _cycle_mdp(5, 1e-6, seed=3)
+    beta = 2.0
+    sol = tiltrl.solve(mdp, beta)
+    assert sol.converged
+    Q = mdp.dense_transitions()[:, 0, :] * np.exp(beta * mdp.reward[:, 0])[:, None]
+    rho = np.max(np.linalg.eigvals(Q).real)
+    assert sol.log_rho == pytest.approx(math.log(rho), rel=1e-10)
+
+
+def test_power_method_on_periodic_chain_reports_non_convergence():
+    """The log-space power method cannot converge on an exact cycle with unequal rewards:
+    it must say so (converged=False, a ConvergenceWarning) and bracket theta correctly."""
+    mdp, r = _cycle_mdp(4, 0.0, seed=1)
+    with pytest.warns(ConvergenceWarning):
+        sol = tiltrl.solve(mdp, 1.0, method="power", max_iter=500)
+    assert not sol.converged
+    lo, hi = sol.bracket
+    assert lo - 1e-12 <= r.mean() <= hi + 1e-12

@@ -309,12 +309,23 @@ def _describe_mdp(mdp: Any) -> str:
     return f"{name}: {mdp.n_states} states, {mdp.n_actions} actions, {kind}"
 
 
+#: average-reward solves of models at least this large report each Newton step
+_PROGRESS_MIN_PAIRS = 200_000
+
+
 def _solve(mdp: Any, beta: float, *, warm: Any = None, **kw: Any) -> Any:
     """``tiltrl.solve`` with convergence warnings silenced (status is printed instead)."""
     import tiltrl
 
     if warm is not None:
         kw["warm_start"] = warm
+    if (
+        kw.get("gamma") is None
+        and kw.get("horizon") is None
+        and mdp.n_states * mdp.n_actions >= _PROGRESS_MIN_PAIRS
+    ):
+        # one Newton step takes seconds on models this large: show each one
+        kw.setdefault("progress", True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*converge.*")
         return tiltrl.solve(mdp, beta, **kw)
