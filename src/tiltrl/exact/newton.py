@@ -117,9 +117,13 @@ def newton_average(
     controlled problem on an irreducible class).
 
     A sparse LU is by far the most expensive part of an iteration, and successive
-    Jacobians differ only where the soft policy changed; so on large models a step first
-    tries the last LU (a chord step: two triangular solves) and factorises anew only when
-    that step is inaccurate or the residual stopped falling fast.
+    Jacobians differ only where the soft policy changed; so on large models (and once the
+    residual is below 0.1) a step first tries the last LU (a chord step, refined twice
+    against the current Jacobian) and keeps it only if it halves the residual; otherwise
+    the step is redone with a fresh factorisation.
+
+    ``converged`` is also set when the residual stalls at the floating-point floor
+    ``64 eps max(1, beta max|h|)`` above ``tol``; ``note`` then says so.
     """
     h = np.array(h0, dtype=np.float64)
     n = h.size
