@@ -457,10 +457,7 @@ def cmd_solve(args: argparse.Namespace, out: Output) -> int:
     if not sol.converged:
         out.warn("the solver did not reach the tolerance; see residual and bracket")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sol.to_json(path)
-        out.line(f"wrote {path}")
+        _write_json(out, sol, args.json)
     if args.plot:
         if not mdp.info.get("grid"):
             out.warn(f"--plot: {mdp.info.get('name', 'this model')} is not a grid world; "
@@ -470,6 +467,14 @@ def cmd_solve(args: argparse.Namespace, out: Output) -> int:
 
             out.line(f"wrote {plot_policy_and_stationary(mdp, sol, args.plot)}")
     return 0
+
+
+def _write_json(out: Output, result: Any, target: str) -> None:
+    """Write a result's ``to_json`` to ``target`` (creating folders) and say so."""
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.to_json(path)
+    out.line(f"wrote {path}")
 
 
 def cmd_sweep(args: argparse.Namespace, out: Output) -> int:
@@ -484,10 +489,7 @@ def cmd_sweep(args: argparse.Namespace, out: Output) -> int:
     if not sweep.converged.all():
         out.warn(f"{int((~sweep.converged).sum())} of {len(betas)} solves did not converge")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sweep.to_json(path)
-        out.line(f"wrote {path}")
+        _write_json(out, sweep, args.json)
     if args.plot:
         from tiltrl.viz import plot_sweep
         from tiltrl.viz._mpl import save_figure

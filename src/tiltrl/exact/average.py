@@ -62,11 +62,23 @@ def _kernel_evaluator(kernel: LogKernel, beta: float):  # type: ignore[no-untype
     return evaluate
 
 
-def _power_iteration(
-    kernel: LogKernel, h0: np.ndarray, *, ref: int, beta: float, tol: float, max_iter: int
+def _relative_value_iteration(
+    evaluate,  # type: ignore[no-untyped-def]
+    h0: np.ndarray,
+    *,
+    ref: int,
+    beta: float,
+    tol: float,
+    max_iter: int,
+    tau: float = 1.0,
 ) -> NewtonResult:
-    """Log-space power iteration = relative soft value iteration on the state problem."""
-    evaluate = _kernel_evaluator(kernel, beta)
+    """Relative soft value iteration ``h <- h + tau (T h - h - (T h - h)[ref])``.
+
+    With ``tau = 1`` and the controlled evaluator it is log-space power iteration on the
+    state problem; ``tau < 1`` is the aperiodicity transform
+    ``T_tau h = (1 - tau) h + tau T h`` (Puterman §8.5.4), which still converges when the
+    optimal chain is periodic.
+    """
     h = np.array(h0, dtype=np.float64)
     it = 0
     while True:
@@ -75,7 +87,7 @@ def _power_iteration(
         theta, lo, hi, resid = relative_residual(b, beta)
         if resid < tol or it >= max_iter or not np.isfinite(resid):
             break
-        h = Th - Th[ref]
+        h = h + tau * (b - b[ref])
         it += 1
     return NewtonResult(h, theta, (lo, hi), resid, it, resid < tol, K)
 
@@ -85,7 +97,6 @@ class _ClassChoice:
     solve_states: np.ndarray  # states on which the eigenvector is positive (sorted)
     recurrent: np.ndarray  # the dominant class
     notes: list[str]
-    h0: np.ndarray | None  # warm start on solve_states (from the class solve)
 
 
 def _choose_class(
@@ -107,7 +118,7 @@ def _choose_class(
         )
     cs = class_structure(adj, nodes)
     if cs.n_classes == 1:
-        return _ClassChoice(nodes, nodes, notes, None)
+        return _ClassChoice(nodes, nodes, notes)
     candidates = np.flatnonzero(cs.nontrivial)
     roots: dict[int, float] = {}
     if candidates.size == 1:
@@ -140,7 +151,7 @@ def _choose_class(
             f"reducible: the dominant class has {recurrent.size} states"
             + f"; {nodes.size - solve_states.size} reachable states cannot reach it (u = 0)"
         )
-    return _ClassChoice(solve_states, recurrent, notes, None)
+    return _ClassChoice(solve_states, recurrent, notes)
 
 
 #: below this stationary mass the linear-space stationary law loses relative accuracy
@@ -166,12 +177,7 @@ def _log_left_vector(
     to the known root.
     """
     kern, _ = state_log_kernel(mdp, beta, shift).restrict(recurrent)
-    rows = kern.row_of
-    order = np.lexsort((rows, kern.cols))
-    t_rows = kern.cols[order]
-    indptr = np.zeros(kern.n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(t_rows, minlength=kern.n), out=indptr[1:])
-    transposed = LogKernel(indptr, rows[order], kern.logw[order])
+    transposed = LogKernel.from_entries(kern.cols, kern.row_of, kern.logw, kern.n)
     g0 = np.where(np.isfinite(log_nu0), log_nu0, np.min(log_nu0[np.isfinite(log_nu0)]) - 50.0)
     g0 = g0 / beta
     ref = int(np.argmax(g0))
@@ -280,7 +286,9 @@ def solve_controlled(
 
             res = _anneal_if_better(res, newton_at, beta, r_hi - r_lo, h0, choice.notes)
     elif method in ("power", "rvi"):
-        res = _power_iteration(sub, h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter)
+        res = _relative_value_iteration(
+            _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter
+        )
     else:
         raise ValueError(f"unknown method {method!r} for controlled dynamics; "
                          "use 'newton' or 'power'")
@@ -439,12 +447,20 @@ def _logsumexp_rows(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- fixed
+def _restricted_transitions(mdp: TabularMDP, states: np.ndarray) -> sp.csr_matrix:
+    """Rows ``(s, a)`` and columns ``s'`` of ``P`` for ``s, s'`` in ``states`` (a closed set)."""
+    A = mdp.n_actions
+    sa_rows = (states[:, None] * A + np.arange(A)[None, :]).ravel()
+    P_sub = sp.csr_matrix(mdp.P[sa_rows][:, states])
+    P_sub.sort_indices()
+    return P_sub
+
+
 def _fixed_evaluator(mdp: TabularMDP, states: np.ndarray, beta: float, shift: float):  # type: ignore[no-untyped-def]
     """``T h(s) = (1/beta) log sum_a pi0 exp(beta (rbar(s,a) + E_p h))`` on ``states``."""
     S, A = mdp.shape
     n = states.size
-    sa_rows = (states[:, None] * A + np.arange(A)[None, :]).ravel()
-    P_sub = sp.csr_matrix(mdp.P[sa_rows][:, states])
+    P_sub = _restricted_transitions(mdp, states)
     rbar = (mdp.reward[states] - shift).ravel()
     with np.errstate(divide="ignore"):
         log_pi0 = np.log(mdp.prior[states]).ravel()
@@ -544,24 +560,12 @@ def _fixed_rvi(
     tol: float,
     max_iter: int,
 ) -> NewtonResult:
-    """Relative soft value iteration ``h <- T h - (T h)[ref]`` (DESIGN.md §2 cross-check).
-
-    Uses the aperiodicity transform ``T_tau h = (1 - tau) h + tau T h`` with ``tau = 1/2``
-    so that periodic optimal chains still converge (Puterman §8.5.4).
-    """
-    evaluate = _fixed_evaluator(mdp, states, beta, shift)
-    h = np.array(h0, dtype=np.float64)
-    tau = 0.5
-    it = 0
-    while True:
-        Th, K = evaluate(h)
-        b = Th - h
-        theta, lo, hi, resid = relative_residual(b, beta)
-        if resid < tol or it >= max_iter:
-            break
-        h = h + tau * (b - b[ref])
-        it += 1
-    return NewtonResult(h, theta, (lo, hi), resid, it, resid < tol, K)
+    """Relative soft value iteration on the fixed-dynamics equation (DESIGN.md §2
+    cross-check), with the aperiodicity transform ``tau = 1/2``."""
+    return _relative_value_iteration(
+        _fixed_evaluator(mdp, states, beta, shift), h0, ref=ref, beta=beta, tol=tol,
+        max_iter=max_iter, tau=0.5,
+    )
 
 
 def _fixed_mapping(
@@ -583,9 +587,7 @@ def _fixed_mapping(
     """
     S, A = mdp.shape
     n = states.size
-    sa_rows = (states[:, None] * A + np.arange(A)[None, :]).ravel()
-    P_sub = sp.csr_matrix(mdp.P[sa_rows][:, states])
-    P_sub.sort_indices()
+    P_sub = _restricted_transitions(mdp, states)
     rows = np.repeat(np.arange(n * A), np.diff(P_sub.indptr))
     cols = P_sub.indices
     log_p = np.log(P_sub.data)
@@ -608,14 +610,7 @@ def _fixed_mapping(
         r_mod = rbar + kl / beta
         # controlled state kernel for (q, r'): log sum_a pi0 q exp(beta r')
         w = log_pi0[rows] + log_q + beta * r_mod[rows]
-        key = s_of_row * n + cols
-        order = np.argsort(key, kind="stable")
-        k_sorted, w_sorted = key[order], w[order]
-        uniq, start = np.unique(k_sorted, return_index=True)
-        logw = row_logsumexp(w_sorted, np.append(start, k_sorted.size))
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
-        kern = LogKernel(indptr, uniq % n, logw)
+        kern = LogKernel.from_entries(s_of_row, cols, w, n)
         res = newton_average(
             _kernel_evaluator(kern, beta), h, ref=ref, beta=beta, tol=tol, max_iter=200
         )

@@ -70,6 +70,21 @@ class LogKernel:
     cols: np.ndarray
     logw: np.ndarray
 
+    @classmethod
+    def from_entries(
+        cls, rows: np.ndarray, cols: np.ndarray, logw: np.ndarray, n: int
+    ) -> LogKernel:
+        """Build from log entries ``(rows[k], cols[k], logw[k])``; duplicates of one
+        ``(row, col)`` are combined by log-sum-exp (entries add in linear space)."""
+        key = rows.astype(np.int64) * n + cols.astype(np.int64)
+        order = np.argsort(key, kind="stable")
+        key, w = key[order], logw[order]
+        uniq, start = np.unique(key, return_index=True)
+        combined = row_logsumexp(w, np.append(start, key.size))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
+        return cls(indptr, uniq % n, combined)
+
     @property
     def n(self) -> int:
         return int(self.indptr.size - 1)
@@ -111,19 +126,7 @@ def state_log_kernel(mdp: TabularMDP, beta: float, shift: float) -> LogKernel:
     S, A = mdp.shape
     w = log_tilted_weights(mdp, beta, shift)
     keep = np.isfinite(w)
-    state = (mdp.row_index() // A)[keep]
-    nxt = mdp.P.indices[keep].astype(np.int64)
-    w = w[keep]
-    key = state * S + nxt
-    order = np.argsort(key, kind="stable")
-    key, w = key[order], w[order]
-    uniq, start = np.unique(key, return_index=True)
-    bounds = np.append(start, key.size)
-    logw = row_logsumexp(w, bounds)
-    rows = uniq // S
-    indptr = np.zeros(S + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=S), out=indptr[1:])
-    return LogKernel(indptr, (uniq % S).astype(np.int64), logw)
+    return LogKernel.from_entries((mdp.row_index() // A)[keep], mdp.P.indices[keep], w[keep], S)
 
 
 def tilted_operator(mdp: TabularMDP, beta: float, *, shift: float = 0.0) -> LinearOperator:
