@@ -6,6 +6,7 @@ Subcommands::
     tiltrl solve MAP --beta B ...       one exact solution (theta, energy, KLs, ...)
     tiltrl sweep MAP --betas LIST ...   thermodynamic curves over beta (table + plot)
     tiltrl demo [--out DIR]             the README demo: calibration, controlled vs fixed
+    tiltrl learn ALGO MAP --beta B ...  tabular learners vs the exact solution (curves)
 
 ``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
 row per line, ``#`` comments allowed), rows given inline separated by commas
@@ -627,6 +628,87 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     return 1 if failed else 0
 
 
+def cmd_learn(args: argparse.Namespace, out: Output) -> int:
+    """Model-free tabular learners (tiltrl.agents) against the exact solution."""
+    from tiltrl.agents import learn
+
+    mdp = load_mdp(args.map, args)
+    if args.plot:
+        _require_plotting()
+    opts: dict[str, Any] = {}
+    if args.gamma is not None:
+        opts["gamma"] = args.gamma
+    for key in ("lr", "lr_decay", "theta_lr"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    if args.algo == "u_learning" and args.dynamics is not None:
+        opts["dynamics"] = args.dynamics
+    if args.algo == "bounded_soft_q":
+        opts.update(model=args.model, clip=args.clip, bounds=args.bounds)
+    steps_done = [0]
+    with out.progress(args.steps, f"{args.algo}") as advance:
+        def report(done: int, total: int) -> None:
+            while steps_done[0] < done:  # the bar counts steps; advance in one call per chunk
+                steps_done[0] = done
+                advance(f"{done:,} steps")
+
+        res = learn(args.algo, mdp, beta=args.beta, steps=args.steps, seeds=args.seeds,
+                    seed=args.seed, behaviour=args.behaviour, n_evals=args.evals,
+                    progress=report, **opts)
+    items: list[tuple[str, str]] = [
+        ("model", _describe_mdp(mdp)),
+        ("learner", f"{res.algo}, beta={_f(res.beta)}"
+                    + (f", gamma={_f(res.gamma)}" if res.gamma is not None else "")),
+        ("seeds x steps", f"{res.seeds} x {res.steps:,}"),
+        ("time", f"{res.stats['time_s']:.3g} s ({res.stats['updates_per_s']:,.0f} updates/s)"),
+    ]
+    if res.curves is not None:
+        from tiltrl.agents import interval
+
+        ref = res.curves.reference
+        if "theta" in ref:
+            items.append(("exact theta", _f(ref["theta"], 10)))
+        if res.theta is not None:
+            m, lo, hi = interval(res.theta[None, :])
+            items.append(("learned theta (mean, 95%)", f"{_f(m[0], 8)} [{_f(lo[0], 8)}, "
+                                                     f"{_f(hi[0], 8)}]"))
+        for name, vals in res.final_errors().items():
+            if np.all(np.isnan(vals)):
+                continue
+            m, lo, hi = interval(vals[None, :])
+            items.append((f"final {name} (mean, 95%)",
+                          f"{_f(m[0], 4)} [{_f(lo[0], 4)}, {_f(hi[0], 4)}]"))
+        if "eval_return" in ref:
+            items.append(("exact policy's return", _f(ref["eval_return"], 8)))
+    if "clipped_fraction" in res.stats:
+        items.append(("clipped updates", f"{res.stats['clipped_fraction']:.3g} "
+                                         f"(lb > ub: {int(res.stats['crossed'])})"))
+    items += [("note", n) for n in res.notes]
+    out.pairs(items, title=f"tiltrl learn {args.algo} {args.map}")
+    if args.save:
+        out.line(f"wrote {res.save(args.save)}")
+    if args.curves and res.curves is not None:
+        path = Path(args.curves)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".csv":
+            res.curves.to_csv(path)
+        else:
+            res.curves.to_json(path)
+        out.line(f"wrote {path}")
+    if args.plot:
+        if res.curves is None:
+            out.warn("--plot: no exact reference, no curves")
+        else:
+            from tiltrl.viz import plot_learning_curves
+            from tiltrl.viz._mpl import save_figure
+
+            name = mdp.info.get("name") or args.map
+            fig = plot_learning_curves(res, title=f"{args.algo} on {name}, beta={args.beta:g}, "
+                                                   f"{res.seeds} seeds (mean, 95% interval)")
+            out.line(f"wrote {save_figure(fig, args.plot)}")
+    return 0
+
+
 # ============================================================================ parser
 def _positive_float(text: str) -> float:
     try:
@@ -727,6 +809,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="betas in the swept curves, log-spaced from 0.1 (default 19)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("learn", help="model-free tabular learners vs the exact solution")
+    p.add_argument("algo", metavar="ALGO",
+                   choices=("soft_q", "bounded_soft_q", "u_learning", "differential_soft_q"),
+                   help="soft_q | bounded_soft_q | u_learning | differential_soft_q")
+    _add_map_options(p)
+    p.add_argument("--beta", type=_positive_float, required=True, help="inverse temperature")
+    p.add_argument("--seeds", type=int, default=8, help="independent learners K (default 8)")
+    p.add_argument("--steps", type=int, default=100_000, help="steps per seed (default 1e5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="discount (soft_q, bounded_soft_q; required there)")
+    p.add_argument("--lr", type=float, default=None, help="step size")
+    p.add_argument("--lr-decay", choices=("constant", "visits", "steps"), default=None)
+    p.add_argument("--theta-lr", type=float, default=None, help="step size of theta")
+    p.add_argument("--behaviour", choices=("soft", "prior"), default="soft",
+                   help="exploration: the learner's soft policy (default) or the prior")
+    p.add_argument("--dynamics", choices=("controlled", "fixed"), default=None,
+                   help="u_learning: controlled (Perron) or fixed-dynamics optimum")
+    p.add_argument("--model", choices=("learned", "given"), default="learned",
+                   help="bounded_soft_q: model of the bounds (default learned)")
+    p.add_argument("--clip", choices=("hard", "linear", "square", "huber"), default="hard")
+    p.add_argument("--bounds", choices=("residual", "naive"), default="residual")
+    p.add_argument("--evals", type=int, default=20, help="evaluation points (default 20)")
+    p.add_argument("--save", metavar="PATH", help="save the result (.npz)")
+    p.add_argument("--curves", metavar="PATH", help="write the curves (.json or .csv)")
+    p.add_argument("--plot", metavar="PATH", help="write the learning-curve figure")
+    p.set_defaults(func=cmd_learn)
     return parser
 
 

@@ -4,7 +4,8 @@
   world, with policy arrows and tiles;
 - :func:`plot_grid_field` — any per-state quantity over a grid world;
 - :func:`plot_policy_and_stationary` — two-panel file: policy over ``V``, stationary map;
-- :func:`plot_sweep` — thermodynamic curves (rates, entropy production, SCGF) vs ``beta``.
+- :func:`plot_sweep` — thermodynamic curves (rates, entropy production, SCGF) vs ``beta``;
+- :func:`plot_learning_curves` — errors of the tabular learners vs steps (mean, 95% interval).
 
 Importing this package does not import matplotlib; every function imports it when called
 and raises ImportError with the install hint if it is missing. Figures are
@@ -18,11 +19,13 @@ from tiltrl.viz.grid import (
     plot_grid_solution,
     plot_policy_and_stationary,
 )
+from tiltrl.viz.learning import plot_learning_curves
 from tiltrl.viz.thermo import plot_sweep
 
 __all__ = [
     "expected_displacement",
     "grid_layout",
+    "plot_learning_curves",
     "plot_grid_field",
     "plot_grid_solution",
     "plot_policy_and_stationary",

@@ -1,0 +1,222 @@
+"""Tabular-learner benchmark: vectorised learners against a plain per-seed Python loop.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_tabular.py [--quick] [--out benchmarks/results/tabular.json]
+
+For each learner (``soft_q``, ``bounded_soft_q``, ``u_learning``, ``differential_soft_q``)
+and ``K = 1, 16, 256`` seeds it times ``tiltrl.agents.learn(..., reference=False)``: every
+step samples a Boltzmann action from the current soft policy, samples the next state of
+all ``K`` copies of ``7x7holes`` with ``slippery=1`` (stochastic, 196 state-action pairs)
+and applies one update to all ``K`` tables. The figure is aggregate updates per second
+(``K * steps / seconds``), median over ``--repeats`` runs.
+
+The peer is a plain per-seed Python loop implementing the same step (Boltzmann action
+from ``pi0 exp(beta Q)``, next state by inverse CDF with ``bisect`` on the row's
+cumulative probabilities, the same update with the per-visit step size) with Python
+floats and the ``math`` module -- the usual way to write a tabular learner. It runs one
+seed; a per-seed loop's aggregate rate does not depend on ``K``. Its tables are checked to
+be finite, and both implementations are checked against each other on one seed (same
+transitions -> same table, in ``tests/test_agents.py``).
+
+Peak memory: ``tracemalloc`` peak of one extra (untimed) vectorised run at each ``K``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "tabular.json"
+ALGOS = ("soft_q", "bounded_soft_q", "u_learning", "differential_soft_q")
+SEEDS = (1, 16, 256)
+BETA, GAMMA = 5.0, 0.9
+TARGET_RATE = 1e6
+TARGET_SPEEDUP = 30.0
+
+
+def build_model() -> Any:
+    import tiltrl
+
+    return tiltrl.gridworld("7x7holes", slippery=1)
+
+
+def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int) -> float:
+    from tiltrl.agents import learn
+
+    kw: dict[str, Any] = {"gamma": GAMMA} if algo in ("soft_q", "bounded_soft_q") else {}
+    if algo == "bounded_soft_q":
+        kw.update(model="given", bounds_every=100)
+    t0 = time.perf_counter()
+    res = learn(algo, mdp, beta=BETA, steps=steps, seeds=K, seed=seed, reference=False,
+                lr_decay="visits", **kw)
+    elapsed = time.perf_counter() - t0
+    if not np.all(np.isfinite(res.q)):
+        raise RuntimeError(f"{algo}: non-finite table")
+    return elapsed
+
+
+def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
+    """One seed, plain Python: same sampling, same update (per-visit 1/(1+n)^0.7)."""
+    S, A = mdp.shape
+    P = mdp.P
+    rng = random.Random(seed)
+    cum: list[list[float]] = []
+    nxt: list[list[int]] = []
+    rew: list[list[float]] = []
+    r_all = mdp.reward_per_transition()
+    for row in range(S * A):
+        lo, hi = int(P.indptr[row]), int(P.indptr[row + 1])
+        c = list(np.cumsum(P.data[lo:hi]))
+        c[-1] = 1.0
+        cum.append(c)
+        nxt.append([int(x) for x in P.indices[lo:hi]])
+        rew.append([float(x) for x in r_all[lo:hi]])
+    pi0 = mdp.prior.tolist()
+    beta, gamma = BETA, GAMMA
+    scale = 1.0 if algo == "u_learning" else beta
+    q = [[0.0] * A for _ in range(S)]
+    visits = [[0] * A for _ in range(S)]
+    theta = 0.0
+    eta = 0.01
+    init_cum = list(np.cumsum(mdp.initial))
+    s = bisect.bisect_right(init_cum, rng.random())
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        row_q = q[s]
+        m = max(row_q)
+        w = [pi0[s][j] * math.exp(scale * (row_q[j] - m)) for j in range(A)]
+        x = rng.random() * sum(w)
+        a, acc = 0, w[0]
+        while acc < x and a < A - 1:
+            a += 1
+            acc += w[a]
+        row = s * A + a
+        j = min(bisect.bisect_right(cum[row], rng.random()), len(cum[row]) - 1)
+        s2, r = nxt[row][j], rew[row][j]
+        q2 = q[s2]
+        m2 = max(q2)
+        lse = scale * m2 + math.log(sum(pi0[s2][i] * math.exp(scale * (q2[i] - m2))
+                                        for i in range(A)))
+        n = visits[s][a]
+        visits[s][a] = n + 1
+        alpha = (1.0 + n) ** -0.7
+        if algo in ("soft_q", "bounded_soft_q"):
+            q[s][a] += alpha * (r + gamma * lse / beta - q[s][a])
+        elif algo == "differential_soft_q":
+            step = alpha * (r - theta + lse / beta - q[s][a])
+            q[s][a] += step
+            theta += eta * step
+        else:  # u_learning, controlled: log((1 - alpha) + alpha e^delta)
+            delta = beta * r + lse - theta - q[s][a]
+            step = (math.log(alpha) + delta if alpha == 1.0 else
+                    math.log((1.0 - alpha) + alpha * math.exp(min(delta, 700.0))))
+            q[s][a] += step
+            theta += eta * step
+        s = s2
+    elapsed = time.perf_counter() - t0
+    if not all(math.isfinite(v) for row_ in q for v in row_):
+        raise RuntimeError(f"loop {algo}: non-finite table")
+    return elapsed
+
+
+def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int) -> float:
+    tracemalloc.start()
+    run_vectorised(algo, mdp, K, steps, seed=99)
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak
+
+
+def environment() -> dict[str, Any]:
+    import scipy
+
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (~1 min)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (median)")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    # total updates per vectorised run ~ constant, so small K runs enough steps to time
+    updates = 300_000 if args.quick else 1_000_000
+    loop_steps = 20_000 if args.quick else 50_000
+    mdp = build_model()
+    results: list[dict[str, Any]] = []
+    print(f"model: {mdp!r}; beta={BETA}, gamma={GAMMA} (discounted learners); "
+          f"{repeats} repeat(s), median")
+    for algo in ALGOS:
+        loop_times = [run_loop(algo, mdp, loop_steps, seed=i) for i in range(repeats)]
+        loop_rate = loop_steps / statistics.median(loop_times)
+        for K in SEEDS:
+            steps = max(2_000, updates // K)
+            run_vectorised(algo, mdp, K, min(steps, 2_000), seed=123)  # warm-up
+            times = [run_vectorised(algo, mdp, K, steps, seed=i) for i in range(repeats)]
+            t = statistics.median(times)
+            rate = K * steps / t
+            mem = peak_memory_mb(algo, mdp, K, min(steps, 2_000))
+            rec = {
+                "algo": algo, "K": K, "steps": steps, "times_s": times, "median_s": t,
+                "updates_per_s": rate, "loop_updates_per_s": loop_rate,
+                "loop_steps": loop_steps, "loop_times_s": loop_times,
+                "speedup_vs_loop": rate / loop_rate, "peak_traced_mb": mem,
+            }
+            results.append(rec)
+            print(f"  {algo:20s} K={K:4d}: {rate:12,.0f} updates/s  loop {loop_rate:10,.0f}/s  "
+                  f"x{rate / loop_rate:6.1f}  peak {mem:6.1f} MB", flush=True)
+    lines = ["", "| learner | K=1 | K=16 | K=256 | per-seed Python loop | K=256 / loop |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for algo in ALGOS:
+        recs = {r["K"]: r for r in results if r["algo"] == algo}
+        lines.append(
+            f"| {algo} | " + " | ".join(f"{recs[K]['updates_per_s']:,.0f}" for K in SEEDS)
+            + f" | {recs[1]['loop_updates_per_s']:,.0f} | "
+            f"{recs[256]['speedup_vs_loop']:.0f}x |"
+        )
+    checks = []
+    for algo in ALGOS:
+        r = next(x for x in results if x["algo"] == algo and x["K"] == 256)
+        ok = r["updates_per_s"] >= TARGET_RATE and r["speedup_vs_loop"] >= TARGET_SPEEDUP
+        checks.append(f"{'PASS' if ok else 'FAIL'} {algo}: {r['updates_per_s']:,.0f} updates/s "
+                      f"at K=256 (target {TARGET_RATE:,.0f}), {r['speedup_vs_loop']:.0f}x the "
+                      f"loop (target {TARGET_SPEEDUP:.0f}x)")
+    print("\n".join(lines))
+    print("\n".join(checks))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "meta": {"environment": environment(), "quick": args.quick, "repeats": repeats,
+                 "model": repr(mdp), "beta": BETA, "gamma": GAMMA,
+                 "command": "benchmarks/bench_tabular.py" + (" --quick" if args.quick else "")},
+        "results": results, "table": lines, "targets": checks,
+    }, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
