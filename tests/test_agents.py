@@ -273,3 +273,21 @@ def test_progress_and_gymnasium(capsys):
     learn("u_learning", tiltrl.gridworld(SMALL), beta=1.0, steps=1_000, progress=True,
           reference=False)
     assert "steps" in capsys.readouterr().err
+
+
+def test_cli_learn(tmp_path, capsys):
+    from tiltrl.cli import main
+
+    png, csv_path, npz = tmp_path / "c.png", tmp_path / "c.csv", tmp_path / "r.npz"
+    rc = main(["--plain", "learn", "u_learning", "SFF,FHF,FFG", "--beta", "2", "--steps",
+               "3000", "--seeds", "3", "--evals", "4", "--plot", str(png), "--curves",
+               str(csv_path), "--save", str(npz)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "exact theta" in out and "final theta" in out
+    assert png.stat().st_size > 0 and csv_path.read_text().startswith("step,")
+    assert LearnResult.load(npz).theta.shape == (3,)
+    assert main(["--plain", "learn", "soft_q", "7x7holes", "--beta", "1", "--steps", "10"]) == 2
+    assert "pass gamma" in capsys.readouterr().err
+    assert main(["--plain", "learn", "soft_q", "7x7holes", "--beta", "1", "--steps", "10",
+                 "--gamma", "1.2"]) == 2
+    assert "1.2" in capsys.readouterr().err
