@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_times = [run_loop(algo, mdp, loop_steps, seed=i) for i in range(repeats)]
         loop_rate = loop_steps / statistics.median(loop_times)
         for K in SEEDS:
-            steps = max(2_000, updates // K)
+            steps = max(2_000, min(updates // K, 60_000))
             run_vectorised(algo, mdp, K, min(steps, 2_000), seed=123)  # warm-up
             times = [run_vectorised(algo, mdp, K, steps, seed=i) for i in range(repeats)]
             t = statistics.median(times)
