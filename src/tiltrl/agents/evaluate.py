@@ -234,7 +234,8 @@ class Curves:
         return {
             "steps": [int(s) for s in self.steps],
             "values": {k: clean(v) for k, v in self.values.items()},
-            "summary": self.rows(),
+            "summary": [{k: (v if np.isfinite(v) else None) for k, v in row.items()}
+                        for row in self.rows()],
             "reference": {k: float(v) for k, v in self.reference.items()},
         }
 
