@@ -60,11 +60,15 @@ EVAL_MAX_STATES = 2000
 
 def interval(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and 95% Student-t interval ``(mean, lo, hi)`` over ``axis`` (NaNs ignored)."""
+    import warnings
+
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
     n = np.sum(np.isfinite(v), axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # all-NaN metrics (e.g. theta of a discounted learner) give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(np.where(np.isfinite(v), v, np.nan), axis=axis) if v.size else v
         sd = np.nanstd(v, axis=axis, ddof=1) if np.all(n > 1) else np.zeros_like(mean)
         t = stats.t.ppf(0.975, np.maximum(n - 1, 1))
