@@ -13,6 +13,14 @@ updated entries are written with one scatter at ``a*K*S + k*S + s``. The entries
 in one step belong to different seeds, so they never collide. Each update also returns
 the (unnormalised) soft-policy weights of the ``K`` next states *after* the update, which
 the driver uses for Boltzmann exploration without recomputing them.
+
+Per step the update is a fixed, small number of numpy calls on ``K``-element arrays (at
+``K`` in the hundreds each call costs about a microsecond, so the *number* of calls sets the
+speed): a prior that does not depend on the state is added as one ``(A, 1)`` column instead
+of being gathered, per-visit step sizes are looked up in a table of ``alpha(n)`` (the same
+floating-point values as evaluating the schedule), and the weights of a next state that
+equals the updated state are patched through flat indices. None of this changes a result:
+every number is computed by the same floating-point operations in the same order.
 """
 
 from __future__ import annotations
@@ -66,10 +74,19 @@ class TabularLearner:
         self.step_size = step
         self._n = self.K * self.S
         self.table = np.zeros((self.A, self._n))
-        self.visits = np.zeros(self.A * self._n) if step.decay == "visits" else None
+        #: visits of every entry (``lr_decay="visits"``), integer counts
+        self.visits = (np.zeros(self.A * self._n, dtype=np.int64) if step.decay == "visits"
+                       else None)
+        #: ``alpha(n)`` for ``n = 0, 1, ...`` (grown on demand; ``"visits"``/``"steps"``)
+        self._alpha_table = np.empty(0)
         self._row_base = np.arange(self.K, dtype=np.int64) * self.S
         self._col_offset = np.arange(self.A, dtype=np.int64) * self._n
         self._lpT = np.ascontiguousarray(self._log_prior_safe.T)  # (A, S)
+        lp = self._log_prior_safe
+        #: ``log pi0`` as an ``(A, 1)`` column when the prior is the same in every state
+        self._lp_col: np.ndarray | None = (
+            np.ascontiguousarray(lp[0][:, None]) if bool(np.all(lp == lp[0])) else None
+        )
         self._flat = self.table.reshape(-1)
         #: ``beta`` for soft Q tables, 1 for ``log u`` tables
         self._scale = self.beta
@@ -83,6 +100,21 @@ class TabularLearner:
     def q(self) -> np.ndarray:
         """Soft Q-values ``(K, S, A)``."""
         return self.values()
+
+    def initialise(self, q: Any) -> None:
+        """Warm start: set the table from soft Q-values ``(S, A)`` or ``(K, S, A)``.
+
+        A ``log u`` table (U-learning) is set to ``beta * q`` (``u = exp(beta Q)``).
+        """
+        arr = np.asarray(q, dtype=np.float64)
+        if arr.shape not in ((self.S, self.A), (self.K, self.S, self.A)):
+            raise ValueError(f"initial Q must have shape (S, A) = {(self.S, self.A)} or "
+                             f"(K, S, A) = {(self.K, self.S, self.A)}, got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("initial Q has non-finite entries")
+        arr = np.broadcast_to(arr, (self.K, self.S, self.A))
+        scale = self.beta if self.table_kind == "log_u" else 1.0
+        self.table[...] = (scale * arr).transpose(2, 0, 1).reshape(self.A, self._n)
 
     def policy(self) -> np.ndarray:
         """Soft policy ``pi ∝ pi0 exp(beta Q)`` (``∝ pi0 u`` for U-learning), ``(K, S, A)``."""
@@ -101,20 +133,39 @@ class TabularLearner:
         """Flat indices of the entries ``(k, s_k, a_k)``."""
         return self._col_offset[a] + self._row_base + s
 
+    def _alpha_upto(self, n: int) -> np.ndarray:
+        """The table of ``alpha(0..m)`` with ``m >= n`` (doubling when it grows)."""
+        tab = self._alpha_table
+        if n >= tab.size:
+            size = max(2 * tab.size, n + 1, 1024)
+            tab = np.asarray(self.step_size(np.arange(size, dtype=np.float64)),
+                             dtype=np.float64)
+            self._alpha_table = tab
+        return tab
+
     def _alpha(self, idx: np.ndarray) -> Any:
         """Step sizes of the entries ``idx`` (advancing their visit counts)."""
         if self.visits is not None:
             n = self.visits[idx]
-            self.visits[idx] = n + 1.0
-            return self.step_size(n)
+            self.visits[idx] = n + 1
+            try:
+                return self._alpha_table[n]
+            except IndexError:
+                return self._alpha_upto(int(n.max()))[n]
         if self.step_size.decay == "steps":
-            return self.step_size(self.n_updates)
+            return self._alpha_upto(self.n_updates)[self.n_updates]
         return self.step_size.lr
 
     def _next_exponent(self, s_next: np.ndarray) -> np.ndarray:
         """``log pi0(.|s') + scale * table(s', .)`` for the ``K`` next states, ``(A, K)``."""
-        cols = self._row_base + s_next
-        return np.take(self._lpT, s_next, axis=1) + self._scale * np.take(self.table, cols, axis=1)
+        x = np.take(self.table, self._row_base + s_next, axis=1)
+        if self._scale != 1.0:
+            x *= self._scale
+        if self._lp_col is not None:
+            x += self._lp_col
+        else:
+            x += np.take(self._lpT, s_next, axis=1)
+        return x
 
     def behaviour_weights(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unnormalised soft-policy weights ``(A, K)`` of the states ``s`` and their sums."""
@@ -140,12 +191,14 @@ class TabularLearner:
         loop = np.flatnonzero(s_next == s)
         if loop.size == 0:
             return z
-        al = a[loop]
+        j = a[loop] * self.K + loop  # flat positions (a_k, k) in the (A, K) blocks
         st = step if np.ndim(step) == 0 else step[loop]
-        old = e[al, loop]
-        new = np.exp(x[al, loop] + self._scale * st - m[loop])
-        e[al, loop] = new
-        z = z.copy()
+        ef = e.reshape(-1)
+        old = ef[j]
+        if self._scale != 1.0:
+            st = self._scale * st
+        new = np.exp(x.reshape(-1)[j] + st - m[loop])
+        ef[j] = new
         z[loop] += new - old
         return z
 

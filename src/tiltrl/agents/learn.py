@@ -203,6 +203,7 @@ def learn(
     reference: Solution | bool = True,
     n_evals: int = 20,
     progress: bool | Callable[[int, int], None] = False,
+    initial_q: Any = None,
     **options: Any,
 ) -> LearnResult:
     """Run ``seeds`` independent tabular learners in lockstep and compare with the truth.
@@ -243,10 +244,15 @@ def learn(
         ``False``: no evaluation.
     progress
         ``True`` for a progress line on stderr, or a callable ``(done, total)``.
+    initial_q
+        Warm start: soft Q-values ``(S, A)`` or ``(K, S, A)`` to start from (e.g. a
+        zero-shot composition ``f(Q)``, :mod:`tiltrl.prior`); U-learning starts from
+        ``log u = beta * initial_q``. Default: zeros.
     **options
         Learner options: bounded soft Q-learning ``bounds`` (``"residual"``/``"naive"``),
         ``model`` (``"learned"``/``"given"``), ``clip`` (``"hard"``, ``"linear"``,
-        ``"square"``, ``"huber"``), ``clip_weight``, ``bounds_every``; U-learning
+        ``"square"``, ``"huber"``), ``clip_weight``, ``bounds_every`` (``bounds`` may also
+        be a pair ``(lb, ub)`` of fixed arrays, e.g. composition bounds); U-learning
         ``dynamics`` (``"controlled"``/``"fixed"``), ``normalise`` (``"mean"`` or a pair),
         ``normalise_every``; gymnasium ``terminal`` (``"reset"``/``"cut"``) and make kwargs.
 
@@ -328,6 +334,8 @@ def learn(
             kw["reward_range"] = model.reward_range()
     kw.update(options)
     learner = cls(S, A, K, beta, prior, step, **kw)
+    if initial_q is not None:
+        learner.initialise(initial_q)
     if isinstance(learner, BoundedSoftQLearner):
         learner.refresh_bounds()
 
@@ -343,6 +351,9 @@ def learn(
     report: Callable[[int, int], None] | None
     report = _progress_printer(steps) if progress is True else (progress or None)
     cum_prior_T = np.ascontiguousarray(np.cumsum(prior, axis=1).T)  # (A, S)
+    # a prior that is the same in every state: its actions need no gather, and with
+    # behaviour="prior" they do not depend on the learner, so a block is drawn at once
+    prior_cols = cum_prior_T[:, :1] if bool(np.all(cum_prior_T == cum_prior_T[:, :1])) else None
     records: list[dict[str, np.ndarray]] = []
     s = sampler.reset()
     follow_differs = not isinstance(sampler, MDPSampler)
@@ -357,19 +368,23 @@ def learn(
         if next_eval < eval_at.size:
             n = min(n, int(eval_at[next_eval]) - t)
         u = rng.random((n, 3, K))
+        a_block = None
+        if not soft and prior_cols is not None:
+            a_block = _inverse_cdf_count(prior_cols[:, :, None], u[:, 0, :])
         for i in range(n):
             ui = u[i]
             if soft:
-                # inverse CDF of the soft policy: a = #{j : cumsum(e)_j < u * sum(e)}
-                a = (np.cumsum(e, axis=0) < ui[0] * z).sum(axis=0)
+                # inverse CDF of the soft policy: a = #{j < A-1 : cumsum(e)_j < u sum(e)}
+                a = _soft_action(e, ui[0] * z)
                 if epsilon > 0.0:
                     explore = ui[2] < epsilon
                     if explore.any():
-                        a_prior = (np.take(cum_prior_T, s, axis=1) < ui[0]).sum(axis=0)
-                        a = np.where(explore, a_prior, a)
+                        a = np.where(explore, _prior_action(cum_prior_T, prior_cols, s, ui[0]),
+                                     a)
+            elif a_block is not None:
+                a = a_block[i]
             else:
-                a = (np.take(cum_prior_T, s, axis=1) < ui[0]).sum(axis=0)
-            np.minimum(a, A - 1, out=a)
+                a = _prior_action(cum_prior_T, prior_cols, s, ui[0])
             s_next, r, s_learn, done = sampler.step(s, a, ui[1])
             e, z = learner.update(s, a, r, s_learn, done)
             if follow_differs and soft:
@@ -419,6 +434,9 @@ def learn(
         "lr_min": step.min_lr, "behaviour": behaviour, "epsilon": epsilon,
         **{k: v for k, v in kw.items() if k not in ("model",)},
     }
+    if not isinstance(run_options.get("bounds", ""), str):
+        run_options["bounds"] = "external"
+    run_options["initial_q"] = initial_q is not None
     if "reward_range" in run_options:
         run_options["reward_range"] = list(run_options["reward_range"])
     log_u = learner.log_u() if isinstance(learner, ULearner) else None
@@ -429,6 +447,49 @@ def learn(
         log_u=log_u, curves=curves, stats=stats,
         options=_jsonable(run_options), notes=tuple(notes),
     )
+
+
+def _inverse_cdf_count(cum: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``#{j < A-1 : cum[j] < t}`` over the first axis of ``cum`` (``A`` rows; ``cum``
+    nondecreasing along it): the inverse-CDF draw ``min(#{j : cum_j < t}, A - 1)``, clamped
+    against rounding of the last partial sum."""
+    A = cum.shape[0]
+    if A <= 2:
+        return (cum[0] < t).astype(np.intp) if A == 2 else np.zeros(np.shape(t), np.intp)
+    a = np.add(cum[0] < t, cum[1] < t, dtype=np.intp)
+    for j in range(2, A - 1):
+        a += cum[j] < t
+    return a
+
+
+def _soft_action(e: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Inverse CDF of the weights ``e`` ``(A, K)`` at ``t = u * sum(e)``, ``(K,)``.
+
+    For a few actions the partial sums are formed row by row (``c_j = c_{j-1} + e_j``, the
+    additions ``cumsum`` makes, in its order), cheaper than ``cumsum`` over a short axis.
+    """
+    A = e.shape[0]
+    if A > 8:
+        a = (np.cumsum(e, axis=0) < t).sum(axis=0)
+        np.minimum(a, A - 1, out=a)
+        return a
+    if A == 1:
+        return np.zeros(e.shape[1], dtype=np.intp)
+    if A == 2:
+        return (e[0] < t).astype(np.intp)
+    c = e[0] + e[1]
+    a = np.add(e[0] < t, c < t, dtype=np.intp)
+    for j in range(2, A - 1):
+        c += e[j]
+        a += c < t
+    return a
+
+
+def _prior_action(cum_prior_T: np.ndarray, prior_cols: np.ndarray | None, s: np.ndarray,
+                  u: np.ndarray) -> np.ndarray:
+    """Actions drawn from ``pi0(.|s)`` by inverse CDF, ``(K,)``."""
+    cum = prior_cols if prior_cols is not None else np.take(cum_prior_T, s, axis=1)
+    return _inverse_cdf_count(cum, u)
 
 
 _LEARNER_OPTIONS: dict[str, tuple[str, ...]] = {

@@ -12,6 +12,11 @@ exactly ``row + 1``), so ``searchsorted(keys, row + u, side="right")`` with ``u 
 picks ``s'`` with probability ``p(s'|row)``. The key of row ``r`` is stored in float64: the
 sampled probabilities are exact up to the rounding of ``r + F`` (about ``r * 2.2e-16``,
 i.e. below ``1e-10`` for models with fewer than ~10^6 state-action pairs).
+When every row has at most :data:`DENSE_MAX_OUTCOMES` outcomes the same search is done
+without ``searchsorted``: the index is the row's first entry plus the number of the row's
+keys (all but its last) that are ``<= row + u`` -- the count ``searchsorted`` returns,
+restricted to the row, so the same outcome for the same ``u`` -- with one gather and one
+comparison per possible outcome.
 
 :class:`GymSampler` steps ``K`` gymnasium discrete environments (a Python loop over the
 copies: gymnasium's own ``step`` is per-environment); the learners' updates stay
@@ -28,7 +33,10 @@ import numpy as np
 
 from tiltrl.mdp import TabularMDP
 
-__all__ = ["MDPSampler", "GymSampler", "make_sampler"]
+__all__ = ["DENSE_MAX_OUTCOMES", "MDPSampler", "GymSampler", "make_sampler"]
+
+#: rows with at most this many outcomes use the comparison search (no searchsorted)
+DENSE_MAX_OUTCOMES = 8
 
 
 class MDPSampler:
@@ -61,6 +69,18 @@ class MDPSampler:
         within[P.indptr[1:] - 1] = 1.0  # the last outcome of each row closes it exactly
         self._keys = rows + np.minimum(within, 1.0)
         self._last = P.indptr[1:] - 1
+        deg = np.diff(P.indptr)
+        self._start = np.asarray(P.indptr[:-1], dtype=np.int64)
+        #: ``thresholds[j][row]``: key of the row's ``j``-th outcome (``+inf`` past its
+        #: second-to-last one); ``None`` when some row has too many outcomes
+        self._thresholds: list[np.ndarray] | None = None
+        if int(deg.max(initial=1)) <= DENSE_MAX_OUTCOMES:
+            self._thresholds = []
+            for j in range(int(deg.max(initial=1)) - 1):
+                has = j < deg - 1
+                th = np.full(deg.size, np.inf)
+                th[has] = self._keys[self._start[has] + j]
+                self._thresholds.append(th)
         self._next = np.asarray(P.indices, dtype=np.int64)
         self._reward = np.asarray(mdp.reward_per_transition(), dtype=np.float64)
         init_cum = np.cumsum(mdp.initial)
@@ -85,8 +105,14 @@ class MDPSampler:
         row = s * self.n_actions + a
         if u is None:
             u = self.rng.random(self.n_copies)
-        idx = np.searchsorted(self._keys, row + u, side="right")
-        np.minimum(idx, self._last[row], out=idx)
+        key = row + u
+        if self._thresholds is None:
+            idx = np.searchsorted(self._keys, key, side="right")
+            np.minimum(idx, self._last[row], out=idx)
+        else:
+            idx = self._start[row]
+            for th in self._thresholds:
+                idx += th[row] <= key
         s_next = self._next[idx]
         return s_next, self._reward[idx], s_next, None
 

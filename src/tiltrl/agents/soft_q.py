@@ -40,17 +40,22 @@ class SoftQLearner(TabularLearner):
         """Shared part: ``(idx, y, x, m, e, z)`` with ``y = r + gamma (1-done) V(s')``."""
         idx = self.index(s, a)
         x, m, e, z = self._soft_next(s_next)
-        v = (m + np.log(z)) / self.beta
+        v = np.log(z)
+        v += m
+        v /= self.beta
         if done is not None:
             v = np.where(done, 0.0, v)
-        return idx, r + self.gamma * v, x, m, e, z
+        v *= self.gamma
+        v += r
+        return idx, v, x, m, e, z
 
     def update(self, s: np.ndarray, a: np.ndarray, r: np.ndarray, s_next: np.ndarray,
                done: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         idx, y, x, m, e, z = self._step(s, a, r, s_next, done)
         flat = self._flat
         q_sa = flat[idx]
-        step = self._alpha(idx) * (y - q_sa)
+        y -= q_sa
+        step = self._alpha(idx) * y
         flat[idx] = q_sa + step
         self.n_updates += 1
         return e, self._patch(s, a, s_next, x, m, e, z, step)
