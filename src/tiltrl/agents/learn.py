@@ -204,6 +204,8 @@ def learn(
     n_evals: int = 20,
     progress: bool | Callable[[int, int], None] = False,
     initial_q: Any = None,
+    eval_steps: Any = None,
+    on_eval: Callable[[int, TabularLearner], None] | None = None,
     **options: Any,
 ) -> LearnResult:
     """Run ``seeds`` independent tabular learners in lockstep and compare with the truth.
@@ -244,6 +246,13 @@ def learn(
         ``False``: no evaluation.
     progress
         ``True`` for a progress line on stderr, or a callable ``(done, total)``.
+    eval_steps
+        Explicit evaluation steps (increasing, in ``[1, steps]``) instead of ``n_evals``
+        log-spaced ones.
+    on_eval
+        Called as ``on_eval(step, learner)`` at every evaluation step (also without a
+        reference): for measurements of one's own (the learner's state must not be
+        changed).
     initial_q
         Warm start: soft Q-values ``(S, A)`` or ``(K, S, A)`` to start from (e.g. a
         zero-shot composition ``f(Q)``, :mod:`tiltrl.prior`); U-learning starts from
@@ -345,7 +354,14 @@ def learn(
     elif reference and model is not None:
         ref = exact_reference(algo, model, beta, gamma=gamma,
                               dynamics=str(options.get("dynamics", "controlled")))
-    eval_at = _eval_points(steps, n_evals) if ref is not None else np.array([], dtype=np.int64)
+    if eval_steps is not None:
+        eval_at = np.unique(np.asarray(eval_steps, dtype=np.int64))
+        if eval_at.size == 0 or eval_at[0] < 1 or eval_at[-1] > steps:
+            raise ValueError(f"eval_steps must lie in [1, steps={steps}], got {eval_steps!r}")
+    else:
+        eval_at = _eval_points(steps, n_evals)
+    if ref is None and on_eval is None:
+        eval_at = np.array([], dtype=np.int64)
 
     # ---------------------------------------------------------------- run
     report: Callable[[int, int], None] | None
@@ -392,9 +408,12 @@ def learn(
             s = s_next
         t += n
         if next_eval < eval_at.size and t == int(eval_at[next_eval]):
-            assert ref is not None and model is not None
-            records.append(errors(ref, model, q=learner.q(), policy=learner.policy(),
-                                  theta=learner.theta))
+            if ref is not None:
+                assert model is not None
+                records.append(errors(ref, model, q=learner.q(), policy=learner.policy(),
+                                      theta=learner.theta))
+            if on_eval is not None:
+                on_eval(t, learner)
             next_eval += 1
         if report is not None and (t % report_every < n or t == steps):
             report(t, steps)
