@@ -50,20 +50,7 @@ def _entry_position(csr: sp.csr_matrix, k: int) -> tuple[int, int]:
 
 
 def _initial_law(initial: Any, S: int) -> np.ndarray:
-    if initial is None:
-        mu = np.full(S, 1.0 / S)
-    else:
-        mu = np.array(initial, dtype=np.float64)
-        if mu.shape != (S,):
-            raise ValueError(f"initial distribution must have shape (S,) = {(S,)}, got {mu.shape}")
-        bad = ~np.isfinite(mu) | (mu < 0)
-        if bad.any():
-            s = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"initial[{s}] = {mu[s]!r} is negative or not finite")
-        if abs(mu.sum() - 1.0) > PROB_TOL:
-            raise ValueError(
-                f"initial distribution sums to {mu.sum()!r}, off from 1 by {mu.sum() - 1:+.3e}"
-            )
+    mu = TabularMDP._validate_initial(initial, S)
     mu.setflags(write=False)
     return mu
 
@@ -72,6 +59,21 @@ def _freeze(csr: sp.csr_matrix) -> sp.csr_matrix:
     for arr in (csr.data, csr.indices, csr.indptr):
         arr.setflags(write=False)
     return csr
+
+
+def _save(path: str | Path, kind: str, M: sp.csr_matrix, initial: np.ndarray) -> None:
+    np.savez_compressed(
+        path, kind=np.array(kind), data=M.data, indices=M.indices, indptr=M.indptr,
+        shape=np.array(M.shape), initial=initial,
+    )
+
+
+def _load(path: str | Path, kind: str) -> tuple[sp.csr_matrix, np.ndarray]:
+    with np.load(path) as z:
+        if str(z["kind"]) != kind:
+            raise ValueError(f"{path} holds a {z['kind']}, not a {kind}")
+        M = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+        return M, np.array(z["initial"])
 
 
 class MarkovChain:
@@ -192,19 +194,12 @@ class MarkovChain:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        P = self._P
-        np.savez_compressed(
-            path, kind=np.array("MarkovChain"), data=P.data, indices=P.indices,
-            indptr=P.indptr, shape=np.array(P.shape), initial=self._initial,
-        )
+        """Write the chain to an ``.npz`` file (:meth:`load` reads it back)."""
+        _save(path, "MarkovChain", self._P, self._initial)
 
     @classmethod
     def load(cls, path: str | Path) -> MarkovChain:
-        with np.load(path) as z:
-            if str(z["kind"]) != "MarkovChain":
-                raise ValueError(f"{path} holds a {z['kind']}, not a MarkovChain")
-            P = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-            return cls(P, z["initial"])
+        return cls(*_load(path, "MarkovChain"))
 
     def __repr__(self) -> str:
         return f"MarkovChain(S={self.n_states}, nnz={self._P.nnz})"
@@ -343,19 +338,12 @@ class JumpProcess:
         return sp.csr_matrix(J + sp.diags((esc <= 0).astype(float)))
 
     def save(self, path: str | Path) -> None:
-        W = self._W
-        np.savez_compressed(
-            path, kind=np.array("JumpProcess"), data=W.data, indices=W.indices,
-            indptr=W.indptr, shape=np.array(W.shape), initial=self._initial,
-        )
+        """Write the process to an ``.npz`` file (:meth:`load` reads it back)."""
+        _save(path, "JumpProcess", self._W, self._initial)
 
     @classmethod
     def load(cls, path: str | Path) -> JumpProcess:
-        with np.load(path) as z:
-            if str(z["kind"]) != "JumpProcess":
-                raise ValueError(f"{path} holds a {z['kind']}, not a JumpProcess")
-            W = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
-            return cls(W, z["initial"])
+        return cls(*_load(path, "JumpProcess"))
 
     def __repr__(self) -> str:
         return f"JumpProcess(S={self.n_states}, jumps={self._W.nnz})"
