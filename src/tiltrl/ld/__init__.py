@@ -14,7 +14,7 @@ from tiltrl.ld.cloning import (
     cloning_extrapolate,
     extrapolate,
 )
-from tiltrl.ld.dictionary import from_mdp, pair_distribution, simulate_energy, to_mdp
+from tiltrl.ld.dictionary import MDPAsChain, from_mdp, pair_distribution, simulate_energy, to_mdp
 from tiltrl.ld.observable import jump_and_state_values, transition_values
 from tiltrl.ld.rate import RateFunction, legendre_fenchel, rate_function
 from tiltrl.ld.scgf import (
@@ -30,6 +30,7 @@ __all__ = [
     "CloningResult",
     "Extrapolation",
     "JumpProcess",
+    "MDPAsChain",
     "MarkovChain",
     "RateFunction",
     "ScgfCurve",

@@ -19,32 +19,76 @@ Chetrite & Touchette, Ann. Henri Poincaré 16, 2005 (2015); Todorov, PNAS 106 (2
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from tiltrl.exact.result import Solution
 from tiltrl.ld.chain import MarkovChain
-from tiltrl.mdp import TabularMDP
+from tiltrl.mdp import TabularMDP, check_beta
 
-__all__ = ["from_mdp", "to_mdp", "pair_distribution", "simulate_energy"]
+if TYPE_CHECKING:
+    from tiltrl.ld.scgf import TiltedProcess
+
+__all__ = ["MDPAsChain", "from_mdp", "to_mdp", "pair_distribution", "simulate_energy"]
 
 
-def from_mdp(mdp: TabularMDP, policy: Any = None) -> tuple[MarkovChain, sp.csr_matrix]:
-    """The state-action chain of ``mdp`` under ``policy`` (default: its prior) and the
+@dataclass(frozen=True)
+class MDPAsChain:
+    """An MDP read as a large-deviation problem: the pair chain under a policy, the
+    reward as its observable and (optionally) the tilt ``beta``.
+
+    Unpacks as ``chain, f = from_mdp(mdp)``. ``scgf()`` / ``tilted()`` default to ``beta``.
+    """
+
+    chain: MarkovChain
+    observable: sp.csr_matrix
+    beta: float | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.chain, self.observable))
+
+    def _k(self, k: float | None) -> float:
+        if k is None:
+            if self.beta is None:
+                raise ValueError("give k, or build with from_mdp(mdp, beta)")
+            return self.beta
+        return float(k)
+
+    def scgf(self, k: float | None = None) -> float:
+        """``Lambda(k)`` of the reward (``= k theta_controlled(k)`` for ``k > 0``)."""
+        from tiltrl.ld.scgf import scgf
+
+        return float(scgf(self.chain, self.observable, self._k(k)))
+
+    def tilted(self, k: float | None = None) -> TiltedProcess:
+        """The tilted process: its driven chain is ``p*(s'|s,a) pi*(a'|s')``."""
+        from tiltrl.ld.scgf import tilted
+
+        return tilted(self.chain, self.observable, self._k(k))
+
+
+def from_mdp(mdp: TabularMDP, beta: float | None = None, *, policy: Any = None) -> MDPAsChain:
+    """The state-action chain of ``mdp`` under ``policy`` (default: its prior), with the
     reward as a transition observable.
 
-    Returns ``(chain, f)`` with states indexed ``s*A + a`` (the row order of ``mdp.P``),
+    Returns an :class:`MDPAsChain` that unpacks as ``(chain, f)``: states are indexed
+    ``s*A + a`` (the row order of ``mdp.P``),
     ``chain.P[(s,a),(s',a')] = p(s'|s,a) policy(a'|s')`` and
     ``f[(s,a),(s',a')] = r(s,a,s')``, so that ``scgf(chain, f, beta) = beta * theta`` of
     ``tiltrl.solve(mdp, beta)`` (controlled) when ``policy`` is the prior.
-    The initial law is ``mdp.initial(s) policy(a|s)``.
+    The initial law is ``mdp.initial(s) policy(a|s)``. ``beta`` (optional) is kept as the
+    default tilt of :meth:`MDPAsChain.scgf` and :meth:`MDPAsChain.tilted`.
     """
     S, A = mdp.shape
     pi = mdp.prior if policy is None else np.asarray(policy, dtype=np.float64)
     if pi.shape != (S, A):
         raise ValueError(f"policy must have shape (S, A) = {(S, A)}, got {pi.shape}")
+    if beta is not None:
+        beta = check_beta(beta)
     P = mdp.P
     rows = mdp.row_index()
     nxt = P.indices
@@ -58,7 +102,7 @@ def from_mdp(mdp: TabularMDP, policy: Any = None) -> tuple[MarkovChain, sp.csr_m
     chain_P = sp.csr_matrix((probs[keep], (big_rows[keep], big_cols[keep])), shape=(n, n))
     f = sp.csr_matrix((reward[keep], (big_rows[keep], big_cols[keep])), shape=(n, n))
     initial = (mdp.initial[:, None] * pi).ravel()
-    return MarkovChain(chain_P, initial), f
+    return MDPAsChain(MarkovChain(chain_P, initial), f, beta)
 
 
 def to_mdp(chain: MarkovChain, f: Any) -> TabularMDP:
@@ -93,7 +137,7 @@ def simulate_energy(
         raise ValueError("the solution has no policy")
     dynamics = sol.driven_dynamics if sol.driven_dynamics is not None else mdp.P
     pol_mdp = TabularMDP(dynamics, np.zeros(mdp.shape), mdp.prior, mdp.initial)
-    chain, f = from_mdp(pol_mdp.with_reward(_reward_like(mdp, pol_mdp)), sol.policy)
+    chain, f = from_mdp(pol_mdp.with_reward(_reward_like(mdp, pol_mdp)), policy=sol.policy)
     traj = chain.sample(steps + burn_in, n_chains=n_chains, seed=seed)
     vals = f[traj[:, burn_in:-1].ravel(), traj[:, burn_in + 1:].ravel()]
     per_chain = np.asarray(vals).reshape(n_chains, steps).mean(axis=1)
