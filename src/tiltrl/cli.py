@@ -7,6 +7,7 @@ Subcommands::
     tiltrl sweep MAP --betas LIST ...   thermodynamic curves over beta (table + plot)
     tiltrl demo [--out DIR]             the README demo: calibration, controlled vs fixed
     tiltrl learn ALGO MAP --beta B ...  tabular learners vs the exact solution (curves)
+    tiltrl compose MAP --task CELLS ... zero-shot composition of solved sub-tasks + bounds
 
 ``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
 row per line, ``#`` comments allowed), rows given inline separated by commas
@@ -709,6 +710,96 @@ def cmd_learn(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _parse_cells(text: str, mdp: Any) -> list[int]:
+    """``"r,c+r,c"`` (grid cells) or ``"s+s"`` (state indices) -> state indices."""
+    n_cols = len(mdp.info["grid"][0]) if "grid" in mdp.info else None
+    cells: list[int] = []
+    for item in text.split("+"):
+        parts = [x.strip() for x in item.split(",")]
+        try:
+            if len(parts) == 2 and n_cols is not None:
+                row, col = int(parts[0]), int(parts[1])
+                if not (0 <= col < n_cols):
+                    raise CLIError(f"--task {text!r}: column {col} is outside 0..{n_cols - 1}")
+                s = row * n_cols + col
+            elif len(parts) == 1:
+                s = int(parts[0])
+            else:
+                raise ValueError
+        except ValueError as exc:
+            raise CLIError(f"--task {text!r}: expected cells ROW,COL joined by '+' "
+                           "(e.g. 1,1+3,4) or state indices") from exc
+        if not (0 <= s < mdp.n_states):
+            raise CLIError(f"--task {text!r}: state {s} is outside 0..{mdp.n_states - 1}")
+        cells.append(s)
+    return cells
+
+
+def cmd_compose(args: argparse.Namespace, out: Output) -> int:
+    """Zero-shot composition of solved sub-tasks (tiltrl.prior) on a grid map."""
+    from tiltrl.prior import COMPOSITIONS, compose, compose_values, zero_shot
+
+    mdp = load_mdp(args.map, args)
+    if not args.task or len(args.task) < 2:
+        raise CLIError("give at least two sub-tasks with --task CELLS (e.g. --task 1,1 "
+                       "--task 9,9)")
+    fs = [f.strip() for f in args.f.split(",") if f.strip()]
+    for f in fs:
+        if f not in COMPOSITIONS or f == "not":
+            raise CLIError(f"--f {f!r}: choose from convex, sum, or, and, soft_or")
+    beta, gamma = args.beta, args.gamma
+    rewards = []
+    for spec in args.task:
+        r = np.array(mdp.reward, dtype=float)
+        r[_parse_cells(spec, mdp)] = args.goal_reward
+        rewards.append(r)
+    qs = [_solve(mdp.with_reward(r), beta, gamma=gamma).q for r in rewards]
+    rows: list[list[str]] = []
+    report: dict[str, Any] = {"map": args.map, "beta": beta, "gamma": gamma,
+                              "tasks": args.task, "compositions": {}}
+    for f in fs:
+        task = mdp.with_reward(compose_values(rewards, f, beta=beta))
+        comp = compose(task, qs, f, beta=beta, gamma=gamma)
+        zs = zero_shot(comp)
+        assert zs.v is not None and comp.lb is not None and comp.ub is not None
+        entry: dict[str, Any] = {
+            "kappa_min": comp.kappa_min, "kappa_max": comp.kappa_max,
+            "bound_gap": comp.gap, "regret_bound": zs.regret_bound,
+            "zero_shot_return": float(task.initial @ zs.v),
+        }
+        row = [f, _f(comp.kappa_min, 4), _f(comp.kappa_max, 4), _f(comp.gap, 4),
+               _f(zs.regret_bound, 4)]
+        if not args.no_exact:
+            truth = _solve(task, beta, gamma=gamma)
+            entry.update(
+                value_error=float(np.max(np.abs(comp.q - truth.q))),
+                kl=max(0.0, float(np.mean(np.sum(
+                    comp.policy * (np.log(np.maximum(comp.policy, 1e-300))
+                                   - np.log(np.maximum(truth.policy, 1e-300))), axis=1)))),
+                regret=float(task.initial @ (truth.v - zs.v)),
+                bounds_hold=bool(np.all(comp.lb <= truth.q + 1e-8)
+                                 and np.all(truth.q <= comp.ub + 1e-8)),
+            )
+            row += [_f(entry["value_error"], 4), _f(entry["kl"], 4), _f(entry["regret"], 4),
+                    "yes" if entry["bounds_hold"] else "NO"]
+        report["compositions"][f] = entry
+        rows.append(row)
+    head = ["f", "kappa min", "kappa max", "bound gap", "regret bound"]
+    if not args.no_exact:
+        head += ["max|f(Q)-Q~*|", "mean KL(pi_f||pi~*)", "regret", "bounds hold"]
+    out.line(f"{_describe_mdp(mdp)}; beta={_f(beta)}, gamma={_f(gamma)}; "
+             f"{len(rewards)} sub-tasks")
+    out.table(head, rows, title="zero-shot composition (tiltrl.prior)")
+    if args.json:
+        import json
+
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        out.line(f"wrote {path}")
+    return 0
+
+
 # ============================================================================ parser
 def _positive_float(text: str) -> float:
     try:
@@ -837,6 +928,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves", metavar="PATH", help="write the curves (.json or .csv)")
     p.add_argument("--plot", metavar="PATH", help="write the learning-curve figure")
     p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("compose", help="zero-shot composition of solved sub-tasks, with bounds")
+    _add_map_options(p)
+    p.add_argument("--task", action="append", metavar="CELLS",
+                   help="a sub-task: its rewarding cells ROW,COL joined by '+' (repeat, >= 2)")
+    p.add_argument("--f", default="or,and,convex",
+                   help="compositions, comma list of convex,sum,or,and,soft_or "
+                        "(default or,and,convex)")
+    p.add_argument("--beta", type=_positive_float, required=True, help="inverse temperature")
+    p.add_argument("--gamma", type=float, default=0.95, help="discount (default 0.95)")
+    p.add_argument("--goal-reward", type=float, default=0.0,
+                   help="reward on a sub-task's cells (default 0; elsewhere the map's)")
+    p.add_argument("--no-exact", action="store_true",
+                   help="skip solving the composed tasks (bounds only)")
+    p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
+    p.set_defaults(func=cmd_compose)
     return parser
 
 

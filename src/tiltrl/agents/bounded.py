@@ -23,6 +23,9 @@ Bounds (``bounds=``):
   counts normalised by all visits, terminal outcomes included) gives bounds on the
   optimum of the empirical model; pairs not yet visited are not clipped.
 * ``"naive"``: ``r_min/(1-gamma) <= Q* <= r_max/(1-gamma)`` from the reward range.
+* ``(lb, ub)``: fixed external bounds, arrays ``(S, A)`` or ``(K, S, A)`` (e.g. the
+  composition bounds of :func:`tiltrl.prior.compose`, valid before any sample); never
+  refreshed.
 
 ``lb > ub`` cannot happen for exact arithmetic (both come from one ``TQ``); any crossing
 is counted in ``crossed`` and such pairs are not clipped.
@@ -62,13 +65,18 @@ class BoundedSoftQLearner(SoftQLearner):
 
     def __init__(self, n_states: int, n_actions: int, n_seeds: int, beta: float,
                  prior: np.ndarray, step: StepSize, *, gamma: float,
-                 model: TabularMDP | None = None, bounds: str = "residual",
+                 model: TabularMDP | None = None, bounds: Any = "residual",
                  model_kind: str = "learned", clip: str = "hard", clip_weight: float = 1.0,
                  bounds_every: int = 100, reward_range: tuple[float, float] | None = None,
                  episodic: bool = False) -> None:
         super().__init__(n_states, n_actions, n_seeds, beta, prior, step, gamma=gamma)
-        if bounds not in ("residual", "naive"):
-            raise ValueError(f"bounds must be 'residual' or 'naive', got {bounds!r}")
+        external: tuple[np.ndarray, np.ndarray] | None = None
+        if isinstance(bounds, (tuple, list)):
+            external = self._external_bounds(bounds)
+            bounds = "external"
+        elif bounds not in ("residual", "naive"):
+            raise ValueError(f"bounds must be 'residual', 'naive' or a pair (lb, ub) of "
+                             f"arrays, got {bounds!r}")
         if model_kind not in ("learned", "given"):
             raise ValueError(f"model must be 'learned' or 'given', got {model_kind!r}")
         if clip not in CLIP_KINDS:
@@ -90,7 +98,9 @@ class BoundedSoftQLearner(SoftQLearner):
         self.crossed = 0
         self._model: TabularMDP | None = None
         self._counts: CountModel | None = None
-        if bounds == "naive":
+        if external is not None:
+            self.lb, self.ub = external
+        elif bounds == "naive":
             if reward_range is None:
                 if model is None:
                     raise ValueError("bounds='naive' needs reward_range (or a model)")
@@ -114,6 +124,26 @@ class BoundedSoftQLearner(SoftQLearner):
             self._nvis = self._counts.visits.reshape(-1)
             self._next = self._counts.next_counts.reshape(-1)
             self._rsum = self._counts.reward_sum.reshape(-1)
+
+    def _external_bounds(self, pair: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(lb, ub)`` arrays in the learner's flat ``(A, K*S)`` layout."""
+        if len(pair) != 2:
+            raise ValueError(f"external bounds must be a pair (lb, ub), got {len(pair)} items")
+        out = []
+        for name, b in zip(("lb", "ub"), pair, strict=True):
+            arr = np.asarray(b, dtype=np.float64)
+            if arr.shape not in ((self.S, self.A), (self.K, self.S, self.A)):
+                raise ValueError(f"external bound {name} must have shape (S, A) = "
+                                 f"{(self.S, self.A)} or (K, S, A), got {arr.shape}")
+            if np.any(np.isnan(arr)):
+                raise ValueError(f"external bound {name} has NaN entries")
+            arr = np.broadcast_to(arr, (self.K, self.S, self.A))
+            out.append(np.ascontiguousarray(arr.transpose(2, 0, 1)).reshape(-1))
+        lb, ub = out
+        crossed = lb > ub
+        if crossed.any():
+            raise ValueError(f"external bounds cross (lb > ub) at {int(crossed.sum())} entries")
+        return lb, ub
 
     def refresh_bounds(self) -> None:
         """Recompute the residual bounds from the current estimates (all seeds)."""
