@@ -41,7 +41,9 @@ def _square_csr(M: Any, what: str) -> sp.csr_matrix:
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         x = int(np.searchsorted(csr.indptr, k, side="right") - 1)
-        raise ValueError(f"{what}[{x}, {int(csr.indices[k])}] = {csr.data[k]!r} is not finite")
+        raise ValueError(
+            f"{what}[{x}, {int(csr.indices[k])}] = {float(csr.data[k])!r} is not finite"
+        )
     return csr
 
 
@@ -93,13 +95,16 @@ class MarkovChain:
         neg = csr.data < 0
         if neg.any():
             x, y = _entry_position(csr, int(np.flatnonzero(neg)[0]))
-            raise ValueError(f"transition probability P[{x}, {y}] = {csr[x, y]!r} is negative")
+            raise ValueError(
+                f"transition probability P[{x}, {y}] = {float(csr[x, y])!r} is negative"
+            )
         sums = np.asarray(csr.sum(axis=1)).ravel()
         err = np.abs(sums - 1.0)
         if (err > PROB_TOL).any():
             x = int(np.argmax(err))
             raise ValueError(
-                f"transition row {x} sums to {sums[x]!r}, off from 1 by {sums[x] - 1.0:+.3e} "
+                f"transition row {x} sums to {float(sums[x])!r}, "
+                f"off from 1 by {sums[x] - 1.0:+.3e} "
                 f"(tolerance {PROB_TOL:g}); tiltrl never renormalises"
             )
         csr.eliminate_zeros()
@@ -254,15 +259,15 @@ class JumpProcess:
         neg = off.data < 0
         if neg.any():
             x, y = _entry_position(off, int(np.flatnonzero(neg)[0]))
-            raise ValueError(f"jump rate W[{x}, {y}] = {off[x, y]!r} is negative")
+            raise ValueError(f"jump rate W[{x}, {y}] = {float(off[x, y])!r} is negative")
         escape = np.asarray(off.sum(axis=1)).ravel()
         given = diag != 0
         mismatch = given & (np.abs(diag + escape) > 1e-9 * np.maximum(1.0, escape))
         if mismatch.any():
             x = int(np.flatnonzero(mismatch)[0])
             raise ValueError(
-                f"rates[{x}, {x}] = {diag[x]!r} must be 0 or minus the escape rate "
-                f"{escape[x]!r} of state {x}"
+                f"rates[{x}, {x}] = {float(diag[x])!r} must be 0 or minus the escape rate "
+                f"{float(escape[x])!r} of state {x}"
             )
         self._W = _freeze(off)
         self._escape = escape

@@ -42,7 +42,8 @@ def _on_pattern(M: sp.csr_matrix, rows: np.ndarray, f: Any, what: str) -> np.nda
         F = sp.csr_matrix(f, dtype=np.float64)
         if F.shape != (S, S):
             raise ValueError(f"{what} must have shape (S, S) = {(S, S)}, got {F.shape}")
-        vals = np.asarray(F[rows, cols]).ravel()
+        # (a fancy index with no entries returns a sparse matrix, not an array)
+        vals = np.asarray(F[rows, cols]).ravel() if rows.size else np.zeros(0)
     else:
         arr = np.asarray(f, dtype=np.float64)
         if arr.shape == (S,):
@@ -57,7 +58,7 @@ def _on_pattern(M: sp.csr_matrix, rows: np.ndarray, f: Any, what: str) -> np.nda
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{what} f({int(rows[k])}, {int(cols[k])}) = {vals[k]!r} is not finite"
+            f"{what} f({int(rows[k])}, {int(cols[k])}) = {float(vals[k])!r} is not finite"
         )
     return vals
 
@@ -95,5 +96,5 @@ def jump_and_state_values(process: JumpProcess, f: Any) -> tuple[np.ndarray, np.
         bad = ~np.isfinite(h_vals)
         if bad.any():
             x = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"state observable h[{x}] = {h_vals[x]!r} is not finite")
+            raise ValueError(f"state observable h[{x}] = {float(h_vals[x])!r} is not finite")
     return g_vals, h_vals
