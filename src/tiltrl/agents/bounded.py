@@ -149,6 +149,9 @@ class BoundedSoftQLearner(SoftQLearner):
         """Recompute the residual bounds from the current estimates (all seeds)."""
         if self.bounds_kind != "residual":
             return
+        if self._model is not None:
+            self._refresh_in_layout()
+            return
         q = self.values()
         model: Any = self._model if self._model is not None else self._counts
         b = soft_bellman_bounds(q, model, self.beta, self.gamma)
@@ -157,6 +160,48 @@ class BoundedSoftQLearner(SoftQLearner):
         # (K, S, A) -> the learner's (A, K*S) layout
         self.lb = np.where(ok, b.lb, -np.inf).transpose(2, 0, 1).reshape(-1)
         self.ub = np.where(ok, b.ub, np.inf).transpose(2, 0, 1).reshape(-1)
+
+    def _refresh_in_layout(self) -> None:
+        """:func:`tiltrl.bounds.soft_bellman_bounds` with a given model, computed in the
+        learner's ``(A, K*S)`` layout: reductions over actions run along the first axis
+        and no ``(K, S, A)`` copy of the table is made (the function's reductions over a
+        short last axis cost most of a refresh at large ``K``). The same floating-point
+        operations in the same order: the bounds are bit-identical to the function's."""
+        assert self._model is not None
+        A, K, S = self.A, self.K, self.S
+        beta, gamma = self.beta, self.gamma
+        if not hasattr(self, "_bounds_cache"):
+            with np.errstate(divide="ignore"):
+                log_pi0 = np.log(np.asarray(self._model.prior, dtype=np.float64))
+            # log pi0[s, a] at column k*S + s
+            self._bounds_cache = (np.ascontiguousarray(np.tile(log_pi0.T, (1, K))),
+                                  np.ascontiguousarray(np.tile(self._model.reward.T, (1, K))))
+        lp_cols, r_cols = self._bounds_cache
+        q = self.table
+        if not np.all(np.isfinite(q)):
+            raise ValueError("Q has non-finite entries")
+        # soft value V(s) = (log sum_a exp(x - m) + m) / beta, x = log pi0 + beta Q
+        x = lp_cols + beta * q
+        m = np.max(x, axis=0)
+        m = np.where(np.isfinite(m), m, 0.0)
+        v = (np.log(np.sum(np.exp(x - m), axis=0)) + m) / beta  # (K*S,), column k*S + s
+        ev = np.asarray(self._model.P @ v.reshape(K, S).T)  # (S*A, K), row s*A + a
+        ev = ev.reshape(S, A, K).transpose(1, 2, 0).reshape(A, K * S)
+        tq = r_cols + gamma * ev
+        resid = (tq - q).reshape(A, K, S)
+        valid = np.isfinite(resid)
+        any_valid = valid.any(axis=(0, 2))
+        d_min = np.where(any_valid, np.min(np.where(valid, resid, np.inf), axis=(0, 2)), np.nan)
+        d_max = np.where(any_valid, np.max(np.where(valid, resid, -np.inf), axis=(0, 2)),
+                         np.nan)
+        scale = gamma / (1.0 - gamma)
+        tq3 = tq.reshape(A, K, S)
+        lb = np.where(valid, tq3 + scale * d_min[None, :, None], -np.inf)
+        ub = np.where(valid, tq3 + scale * d_max[None, :, None], np.inf)
+        self.crossed += int(np.count_nonzero(lb > ub))
+        ok = lb <= ub
+        self.lb = np.where(ok, lb, -np.inf).reshape(-1)
+        self.ub = np.where(ok, ub, np.inf).reshape(-1)
 
     def update(self, s: np.ndarray, a: np.ndarray, r: np.ndarray, s_next: np.ndarray,
                done: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

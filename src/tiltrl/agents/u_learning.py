@@ -93,6 +93,7 @@ class ULearner(TabularLearner):
         with np.errstate(divide="ignore"):
             self._log_lr = float(np.log(step.lr))
             self._log1m_lr = float(np.log1p(-step.lr))
+        self._log_tabs: tuple[np.ndarray, np.ndarray] = (np.empty(0), np.empty(0))
 
     # ------------------------------------------------------------------ views
     @property
@@ -134,10 +135,19 @@ class ULearner(TabularLearner):
         flat = self._flat
         l_sa = flat[idx]
         delta = self.beta * r + (m + np.log(z)) - self._lam - l_sa
-        alpha = self._alpha(idx)
-        if self.dynamics == "fixed":
-            step = alpha * delta
-        elif np.ndim(alpha) == 0:
+        if self.visits is not None and self.dynamics == "controlled":
+            # per-visit steps: log(alpha) and log(1 - alpha) looked up like alpha itself
+            n = self.visits[idx]
+            self.visits[idx] = n + 1
+            log_a, log1m_a = self._log_tabs
+            try:
+                step = np.logaddexp(log1m_a[n], log_a[n] + delta)
+            except IndexError:
+                log_a, log1m_a = self._log_alpha_tables(int(n.max()))
+                step = np.logaddexp(log1m_a[n], log_a[n] + delta)
+        elif self.dynamics == "fixed":
+            step = self._alpha(idx) * delta
+        elif np.ndim(alpha := self._alpha(idx)) == 0:
             if alpha == 1.0:
                 step = delta
             else:
@@ -153,6 +163,15 @@ class ULearner(TabularLearner):
             # a shift of log u changes neither the weights e nor any later update
             self.normalise()
         return e, self._patch(s, a, s_next, x, m, e, z, step)
+
+    def _log_alpha_tables(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``log(alpha(j))`` and ``log(1 - alpha(j))`` for ``j = 0..m``, ``m >= n``
+        (``log 0 = -inf`` where ``alpha = 1``): the values the update would compute from
+        ``alpha``, computed once per table entry."""
+        alpha = self._alpha_upto(n)
+        with np.errstate(divide="ignore"):
+            self._log_tabs = (np.log(alpha), np.log1p(-alpha))
+        return self._log_tabs
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = super().state_dict()
