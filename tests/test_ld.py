@@ -380,6 +380,70 @@ def _dominant_index(c: Chain, k: float, keep: np.ndarray) -> int:
     return int(np.argmax(roots))
 
 
+def _disordered_ring(n: int, seed: int) -> tuple[MarkovChain, sp.csr_matrix]:
+    rng = np.random.default_rng(seed)
+    p, q = rng.uniform(0.1, 0.5, n), rng.uniform(0.1, 0.4, n)
+    x = np.arange(n)
+    P = sp.csr_matrix(
+        (np.concatenate([p, q, 1 - p - q]),
+         (np.tile(x, 3), np.concatenate([(x + 1) % n, (x - 1) % n, x]))),
+        shape=(n, n),
+    )
+    cur = sp.csr_matrix(
+        (np.concatenate([np.ones(n), -np.ones(n)]),
+         (np.tile(x, 2), np.concatenate([(x + 1) % n, (x - 1) % n]))),
+        shape=(n, n),
+    )
+    return MarkovChain(P), cur
+
+
+def test_localised_perron_vector_needs_the_noda_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disordered ring near the k where Lambda'(k) = 0: the Perron vector localises, the
+    spectral gap is tiny and Newton's linearised step overshoots; the Noda fallback must
+    take over (counted here) and the result must match dense diagonalisation."""
+    import sys
+
+    scgf_module = sys.modules["tiltrl.ld.scgf"]
+    calls: list[int] = []
+    noda = scgf_module.noda_perron
+
+    def counting(*args: object, **kwargs: object) -> object:
+        res = noda(*args, **kwargs)
+        calls.append(res.iterations)
+        return res
+
+    monkeypatch.setattr(scgf_module, "noda_perron", counting)
+    chain, cur = _disordered_ring(400, seed=0)
+    ks = np.array([-0.1, -0.05, -0.01, 0.3])
+    values = scgf(chain, cur, ks)
+    assert calls, "the ill-conditioned case no longer reaches the Noda fallback"
+    P = chain.P.toarray()
+    F = cur.toarray()
+    for k, value in zip(ks, values, strict=True):
+        dense = np.log(np.max(np.linalg.eigvals(P * np.exp(k * F)).real))
+        assert value == pytest.approx(dense, rel=1e-9, abs=1e-11)
+
+
+def test_noda_iteration_matches_dense_perron_root(rng: np.random.Generator) -> None:
+    from tiltrl.exact.noda import noda_perron
+    from tiltrl.exact.tilted import LogKernel
+
+    for _ in range(5):
+        n = 30
+        dense = rng.random((n, n)) * (rng.random((n, n)) < 0.3)
+        dense[np.arange(n), (np.arange(n) + 1) % n] += 0.5  # a cycle: irreducible
+        rows, cols = np.nonzero(dense)
+        kernel = LogKernel.from_entries(rows, cols, 40 * np.log(dense[rows, cols]), n)
+        res = noda_perron(kernel, np.zeros(n), tol=1e-12)
+        assert res.converged
+        ref = np.log(np.max(np.linalg.eigvals(kernel.to_dense()).real))
+        assert res.theta == pytest.approx(ref, rel=1e-9, abs=1e-9)
+        # h is the log Perron vector: Q exp(h) = rho exp(h)
+        Q = kernel.to_dense()
+        x = np.exp(res.h - res.h.max())
+        np.testing.assert_allclose(Q @ x, np.exp(res.theta) * x, rtol=1e-9, atol=1e-300)
+
+
 @given(chains())
 def test_array_of_k_equals_cold_solves(c: Chain) -> None:
     """Warm-started continuation over an unsorted array of k changes nothing (1e-10)."""

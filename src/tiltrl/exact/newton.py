@@ -109,7 +109,6 @@ def newton_average(
     max_iter: int,
     progress: Callable[[int, float], None] | None = None,
     lu0: Any = None,
-    line_search: bool = False,
 ) -> NewtonResult:
     """Solve ``h + theta = T h`` (``h[ref]`` fixed) by Newton / soft policy iteration.
 
@@ -123,12 +122,6 @@ def newton_average(
     residual is below 0.1) a step first tries the last LU (a chord step, refined twice
     against the current Jacobian) and keeps it only if it halves the residual; otherwise
     the step is redone with a fresh factorisation.
-
-    ``line_search`` damps an exact step that widens the Collatz-Wielandt bracket
-    ``max(T h - h) - min(T h - h)`` (halving it up to 40 times). For single-action kernels
-    (Markov chains) the full step from a poor start can overshoot by orders of magnitude:
-    on a long disordered ring the linearised eigenvector is a Poisson potential far larger
-    than the true log eigenvector.
 
     ``lu0`` is an LU of a nearby evaluation matrix of the same size (e.g. from the previous
     point of a continuation in a parameter): chord steps start from it at once.
@@ -193,15 +186,6 @@ def newton_average(
             # the old LU no longer describes the Jacobian well: redo this step exactly
             chord_allowed = False
             continue
-        if line_search and not chord and trial[2] - trial[1] > hi - lo:
-            for _ in range(40):
-                x *= 0.5
-                h_try = h + x
-                h_try -= h_try[ref]
-                Th_try, kernel_try = evaluate(h_try)
-                trial = relative_residual(Th_try - h_try, beta)
-                if trial[2] - trial[1] < hi - lo:
-                    break
         # an exact step is soft policy iteration: its gain never decreases even when the
         # residual jumps (the evaluated policy may be nearly multichain), so it is kept
         chord_allowed = True

@@ -47,6 +47,7 @@ from scipy.sparse.linalg import splu
 from tiltrl.exact.average import ConvergenceWarning, _kernel_evaluator, solve_controlled
 from tiltrl.exact.graph import class_structure, reachable_from
 from tiltrl.exact.newton import _evaluation_matrix, newton_average
+from tiltrl.exact.noda import noda_perron
 from tiltrl.exact.tilted import LogKernel
 from tiltrl.ld.chain import JumpProcess, MarkovChain
 from tiltrl.ld.observable import jump_and_state_values, transition_values
@@ -179,22 +180,57 @@ class _ClassSolver:
             h += w * hi
         return h
 
+    def _best_start(self, k: float, evaluate: Any) -> np.ndarray:
+        """The extrapolated start, the last solution or zero, whichever has the narrowest
+        Collatz-Wielandt bracket (extrapolation misleads where the vector localises)."""
+        candidates = [self._start(k)]
+        if self.history:
+            candidates += [self.history[-1][1], np.zeros(self.states.size)]
+        widths = [float(np.ptp(evaluate(h)[0] - h)) for h in candidates]
+        return candidates[int(np.argmin(widths))]
+
     def log_root(self, k: float, log_entries: np.ndarray, tol: float) -> tuple[float, bool]:
         logw = log_entries[self.select]
         if self.states.size == 1:
             return float(logw[0]), True
         kernel = LogKernel(self.indptr, self.cols, logw)
-        h0 = self._start(k)
-        res = newton_average(
-            _kernel_evaluator(kernel, 1.0), h0, ref=0, beta=1.0, tol=tol, max_iter=100,
-            lu0=self.lu, line_search=True,
-        )
+        evaluate = _kernel_evaluator(kernel, 1.0)
+        h0 = self._best_start(k, evaluate)
+        # Newton (quadratic, cheap with chord steps) from the extrapolated start; where the
+        # Perron vector is ill-conditioned (tiny spectral gap, localised eigenvectors) its
+        # linearised step overshoots, and the monotone Noda iteration takes over until
+        # Newton's local regime, then Newton finishes
+        res = newton_average(evaluate, h0, ref=0, beta=1.0, tol=tol, max_iter=_NEWTON_TRIES,
+                             lu0=self.lu)
+        if not res.converged:
+            res = noda_perron(kernel, h0, tol=max(tol, _NODA_HANDOVER), max_iter=_NODA_MAX)
+            res = self._polish(evaluate, kernel, res, tol)
         if res.converged:
             if self.history and abs(self.history[-1][0] - k) < 1e-300:
                 self.history.pop()
             self.history = [*self.history[-2:], (k, res.h)]
             self.lu = res.lu
         return float(res.theta), bool(res.converged)
+
+    @staticmethod
+    def _polish(evaluate: Any, kernel: LogKernel, res: Any, tol: float) -> Any:
+        if res.converged and res.residual < tol:
+            return res
+        newton = newton_average(evaluate, res.h, ref=0, beta=1.0, tol=tol,
+                                max_iter=_NEWTON_TRIES)
+        if newton.converged:
+            newton.iterations += res.iterations
+            return newton
+        # Newton still overshoots: let Noda go all the way
+        return noda_perron(kernel, res.h, tol=tol, max_iter=_NODA_MAX)
+
+
+#: Newton iterations tried before falling back to Noda (a good start needs <= 6)
+_NEWTON_TRIES = 8
+#: Noda runs until this relative residual, then hands over to Newton (whose basin is
+#: tiny where the Perron vector is ill-conditioned)
+_NODA_HANDOVER = 1e-8
+_NODA_MAX = 500
 
 
 class _PerronFamily:
