@@ -14,6 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1238,3 +1239,24 @@ def test_power_method_on_periodic_chain_reports_non_convergence():
     assert not sol.converged
     lo, hi = sol.bracket
     assert lo - 1e-12 <= r.mean() <= hi + 1e-12
+
+
+def test_controlled_noda_fallback_matches_newton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When Newton and annealing both fail, Noda iteration must give the same solution."""
+    import tiltrl.exact.average as average
+
+    mdp = tiltrl.gridworld("7x7holes", slippery=1)
+    ref = tiltrl.solve(mdp, 5.0)
+    real = average.newton_average
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        kwargs["max_iter"] = 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(average, "newton_average", failing)
+    sol = tiltrl.solve(mdp, 5.0)
+    assert sol.converged
+    assert any("Noda" in note for note in sol.notes)
+    assert sol.theta == pytest.approx(ref.theta, abs=1e-10)
+    np.testing.assert_allclose(sol.policy, ref.policy, atol=1e-8)
+    np.testing.assert_allclose(sol.stationary, ref.stationary, atol=1e-8)

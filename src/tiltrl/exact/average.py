@@ -38,6 +38,7 @@ from tiltrl.exact.newton import (
     relative_residual,
     stationary_distribution,
 )
+from tiltrl.exact.noda import noda_perron
 from tiltrl.exact.result import Solution
 from tiltrl.exact.tilted import LogKernel, row_logsumexp, state_log_kernel
 from tiltrl.mdp import TabularMDP
@@ -209,6 +210,25 @@ def _anneal_if_better(
     return annealed
 
 
+def _noda_if_better(
+    res: NewtonResult, kernel: LogKernel, beta: float, tol: float, notes: list[str]
+) -> NewtonResult:
+    """Last resort for the controlled problem: Noda iteration (globally convergent for an
+    irreducible class; :mod:`tiltrl.exact.noda`), polished by Newton from its answer."""
+    start = beta * (res.h if np.all(np.isfinite(res.h)) else np.zeros(kernel.n))
+    noda = noda_perron(kernel, start - start[0], tol=tol, max_iter=500)
+    if not (noda.converged or noda.residual < res.residual):
+        return res
+    ref_shift = noda.h[0]
+    out = NewtonResult(
+        (noda.h - ref_shift) / beta, noda.theta / beta,
+        (noda.bracket[0] / beta, noda.bracket[1] / beta), noda.residual,
+        res.iterations + noda.iterations, noda.converged, noda.kernel, noda.note,
+    )
+    notes.append("Newton and annealing stopped; solved by Noda iteration")
+    return out
+
+
 def _anneal(
     newton_at: Callable[[float, np.ndarray], NewtonResult],
     beta: float,
@@ -285,6 +305,8 @@ def solve_controlled(
                 )
 
             res = _anneal_if_better(res, newton_at, beta, r_hi - r_lo, h0, choice.notes)
+        if not res.converged:
+            res = _noda_if_better(res, sub, beta, tol, choice.notes)
     elif method in ("power", "rvi"):
         res = _relative_value_iteration(
             _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter
