@@ -181,7 +181,8 @@ class TabularLearner:
         """
         x = self._next_exponent(s_next)
         m = x.max(axis=0)
-        e = np.exp(x - m)
+        e = x - m
+        np.exp(e, out=e)
         return x, m, e, e.sum(axis=0)
 
     def _patch(self, s: np.ndarray, a: np.ndarray, s_next: np.ndarray, x: np.ndarray,
