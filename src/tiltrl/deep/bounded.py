@@ -1,0 +1,146 @@
+"""Bounded soft DQN: soft Q-learning with soft Bellman bounds on every batch.
+
+Adamczyk, Makarenko, Tiomkin, Kulkarni, "Boosting soft Q-learning by bounding",
+RLC 2024 (bounds and clipping), on top of soft Q-learning (Haarnoja et al., ICML 2017).
+For ANY Q with residual ``D = T Q - Q`` (DESIGN.md §5),
+``T Q + gamma min(D)/(1-gamma) <= Q* <= T Q + gamma max(D)/(1-gamma)``.
+
+On each batch the bounds are computed twice — from the target network and from the
+online network (each with its own ``T Q`` and residuals on the *taken* actions only) —
+and the tighter of each pair is kept. Care taken against the published pitfalls:
+- one soft value everywhere: ``V = (1/beta) log sum_a pi0 exp(beta Q)`` (no separate
+  ``-log|A|`` term, the prior enters only through ``log pi0``), with the expectation over
+  ``s'`` outside the log (the log-E-exp operator is a different fixed point);
+- residuals only on taken actions (``T Q(s,a)`` needs a sampled ``s'`` of that action);
+- terminal transitions keep their residual ``r - Q(s,a)`` in the batch extremes, and
+  their bound collapses to ``Q*(s,a) = r`` (no continuation); the ``1/(1-gamma)`` factor
+  is used only on the side where it is valid with terminals (see ``bellman_bound_offsets``);
+- where the two bounds cross (``lb > ub``, possible through sampling noise or
+  approximation) nothing is clipped and the rate is logged (``train/bounds_inverted``).
+The batch extremes estimate the extremes over all (s, a); with stochastic dynamics the
+single-sample ``T Q`` is itself an estimate, so the bounds are statistical, not certain.
+
+Usage of the bounds: ``clip="hard"`` clips the TD target into ``[lb, ub]``;
+``clip="soft"`` adds ``penalty_weight * penalty(Q - clamp(Q, lb, ub))`` to the loss
+(``penalty`` = ``"linear"`` |x|, ``"square"`` x², ``"huber"``); ``"both"`` does both;
+``"none"`` only logs. Logged: ``train/target_clip_rate`` (targets outside the bounds)
+and ``train/q_clip_rate`` (online ``Q(s,a)`` outside), separately, plus the mean gap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from torch.nn import functional as F
+
+from tiltrl.deep.soft import bellman_bound_offsets, soft_value
+from tiltrl.deep.soft_dqn import SoftDQN, td_loss
+
+CLIPS = ("hard", "soft", "both", "none")
+PENALTIES = ("linear", "square", "huber")
+
+
+def penalty_fn(excess: th.Tensor, kind: str) -> th.Tensor:
+    if kind == "linear":
+        return excess.abs().mean()
+    if kind == "square":
+        return (excess**2).mean()
+    if kind == "huber":
+        return F.smooth_l1_loss(excess, th.zeros_like(excess))
+    raise ValueError(f"penalty must be one of {PENALTIES}, got {kind!r}")
+
+
+class BoundedSoftDQN(SoftDQN):
+    """:class:`SoftDQN` whose targets / Q-values are kept inside soft Bellman bounds.
+
+    Parameters beyond :class:`SoftDQN`: ``clip`` (``"hard"``, ``"soft"``, ``"both"``,
+    ``"none"``), ``penalty`` (``"linear"``, ``"square"``, ``"huber"``) and
+    ``penalty_weight`` (weight of the soft penalty, published default 1).
+    """
+
+    def __init__(
+        self,
+        policy: Any = "MlpPolicy",
+        env: Any = None,
+        clip: str = "hard",
+        penalty: str = "square",
+        penalty_weight: float = 1.0,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if clip not in CLIPS:
+            raise ValueError(f"clip must be one of {CLIPS}, got {clip!r}")
+        if penalty not in PENALTIES:
+            raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+        super().__init__(policy, env, _init_setup_model=False, **kwargs)
+        self.clip = clip
+        self.penalty = penalty
+        self.penalty_weight = float(penalty_weight)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _bounds(
+        self, net: Any, data: Any, q_sa: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(T Q, lb, ub)`` on the batch for the Q of ``net`` (``q_sa`` its taken-action Q)."""
+        v_next = soft_value(
+            net(data.next_observations), self.policy.prior_logits(data.next_observations), self.beta
+        ).reshape(-1, 1)
+        cont = (1.0 - data.dones) * self.gamma
+        tq = data.rewards + cont * v_next
+        lower, upper = bellman_bound_offsets(tq - q_sa, self.gamma)
+        return tq, tq + cont * lower, tq + cont * upper
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        stats: dict[str, list[float]] = {
+            k: [] for k in ("loss", "penalty", "target_clip", "q_clip", "inverted", "gap", "q")
+        }
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            q_all = self.q_net(data.observations)
+            q = th.gather(q_all, 1, data.actions.long())
+            with th.no_grad():
+                q_t = th.gather(self.q_net_target(data.observations), 1, data.actions.long())
+                target, lb_t, ub_t = self._bounds(self.q_net_target, data, q_t)
+                _, lb_o, ub_o = self._bounds(self.q_net, data, q.detach())
+                lb = th.maximum(lb_t, lb_o)
+                ub = th.minimum(ub_t, ub_o)
+                inverted = lb > ub
+                lb = th.where(inverted, th.full_like(lb, -th.inf), lb)
+                ub = th.where(inverted, th.full_like(ub, th.inf), ub)
+                outside_t = (target < lb) | (target > ub)
+                outside_q = (q.detach() < lb) | (q.detach() > ub)
+                if self.clip in ("hard", "both"):
+                    target = th.clamp(target, lb, ub)
+            loss = td_loss(q, target, self.loss)
+            pen = th.zeros((), device=q.device)
+            if self.clip in ("soft", "both"):
+                pen = penalty_fn(q - th.clamp(q, lb, ub).detach(), self.penalty)
+                loss = loss + self.penalty_weight * pen
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+            valid = ~inverted
+            stats["loss"].append(loss.item())
+            stats["penalty"].append(pen.item())
+            stats["target_clip"].append(outside_t.float().mean().item())
+            stats["q_clip"].append(outside_q.float().mean().item())
+            stats["inverted"].append(inverted.float().mean().item())
+            stats["gap"].append((ub - lb)[valid].mean().item() if valid.any() else float("nan"))
+            stats["q"].append(q.mean().item())
+        self._n_updates += gradient_steps
+        rec = self.logger.record
+        rec("train/n_updates", self._n_updates, exclude="tensorboard")
+        rec("train/loss", float(np.mean(stats["loss"])))
+        rec("train/penalty", float(np.mean(stats["penalty"])))
+        rec("train/q_mean", float(np.mean(stats["q"])))
+        rec("train/target_clip_rate", float(np.mean(stats["target_clip"])))
+        rec("train/q_clip_rate", float(np.mean(stats["q_clip"])))
+        rec("train/bounds_inverted", float(np.mean(stats["inverted"])))
+        gaps = [g for g in stats["gap"] if np.isfinite(g)]
+        rec("train/bound_gap", float(np.mean(gaps)) if gaps else float("nan"))

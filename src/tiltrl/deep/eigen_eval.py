@@ -1,0 +1,236 @@
+"""EVAL: eigenvector-based average-reward learning with an ensemble of log u networks.
+
+Adamczyk, Arriojas, Tiomkin, Kulkarni, "EVAL: EigenVector-based Average-reward
+Learning", arXiv 2501.09770; theory in Arriojas, Adamczyk, Tiomkin, Kulkarni,
+"Entropy regularized reinforcement learning using large deviation theory", PRR 5,
+023085 (2023). Convention of DESIGN.md §1: ``u`` is the right Perron eigenvector of the
+tilted matrix ``M[(s,a),(s',a')] = p(s'|s,a) exp(beta r) pi0(a'|s')`` with root
+``rho = exp(beta theta)``, ``theta`` the entropy-regularised reward rate; the optimal
+policy is ``pi ∝ pi0 u`` and ``chi(s) = sum_a pi0(a|s) u(s,a)``.
+
+Learning. The network has ``n_heads >= 2`` heads (one batched network) predicting
+``log u(s, a)``; the aggregate (min/mean/max over heads) of the *target* network gives
+``log chi(s') = logsumexp_a(log pi0 + log u)``. Each head regresses on
+``y = beta (r - theta) + log chi_target(s') - m``:
+- ``m`` fixes the scale of ``log u`` (an eigenvector is defined up to a factor):
+  ``scale="mean"`` (default) uses the batch mean of ``log chi_target(s)``, which pins
+  the replay-average of ``log chi`` to 0 and removes any drift of the scale while
+  ``theta`` is still wrong (relative value iteration's reference trick); with
+  ``scale="terminal"`` ``m = 0`` and the terminal value anchors the scale.
+- ``theta`` is estimated in log space with its own step size ``theta_lr``: the batch
+  estimate ``beta theta_hat = mean(beta r + log chi_target(s') - log u_target(s,a))``
+  (the log of ``rho`` per sample; ``dynamics="controlled"`` takes the log of the mean of
+  the ratios instead), then ``theta += theta_lr (theta_hat - theta)``.
+- ``dynamics="fixed"`` (default) regresses in log space: the fixed point is the
+  average-reward soft optimum under the environment's dynamics
+  (``Q + theta = r + E V(s')`` with ``Q = log u / beta``). ``dynamics="controlled"``
+  regresses ``u`` itself (relative squared error), whose fixed point is the Perron
+  vector ``u = E[exp(beta (r - theta)) chi(s')]`` of the controlled problem. The two
+  coincide for deterministic dynamics (DESIGN.md §2).
+- Terminals, explicitly: a terminal transition keeps its reward and continues into a
+  state of ``log chi = terminal_log_chi`` (relative to the scale ``m``); a truncated one
+  bootstraps from its next observation (SB3's replay buffer keeps time-outs apart).
+- Optional posterior policy iteration (``learned_prior=True``): a prior network is
+  trained (step size ``prior_lr``) to track the current policy ``pi ∝ pi0 u``, so the
+  KL cost shrinks towards the unregularised limit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.policies import BasePolicy
+
+from tiltrl.deep.policies import EnsembleLogUNetwork, EVALPolicy
+from tiltrl.deep.soft_dqn import LOSSES, SoftDQN, td_loss
+
+SCALES = ("mean", "terminal")
+DYNAMICS = ("fixed", "controlled")
+
+
+class EVAL(SoftDQN):
+    """EVAL on SB3's off-policy machinery (see the module docstring for the maths).
+
+    Parameters beyond :class:`stable_baselines3.DQN` (``gamma`` is ignored):
+      beta, prior: inverse temperature and prior policy (as :class:`SoftDQN`).
+      n_heads, aggregation: ensemble size (>= 1; >= 2 recommended) and
+        ``"min"``/``"mean"``/``"max"`` aggregation.
+      theta_lr: step size of the theta estimate; theta_init: initial theta (``None``:
+        the first batch estimate).
+      dynamics: ``"fixed"`` (log-space loss) or ``"controlled"`` (u-space loss).
+      scale: ``"mean"`` or ``"terminal"`` (how the scale of log u is fixed).
+      terminal_log_chi: ``log chi`` of the state after a terminal transition.
+      log_u_clip: optional clamp ``|y| <= log_u_clip`` on the targets.
+      learned_prior, prior_lr: posterior policy iteration.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[misc]
+        "MlpPolicy": EVALPolicy,
+        "EVALPolicy": EVALPolicy,
+    }
+    policy: EVALPolicy
+    q_net: EnsembleLogUNetwork
+    q_net_target: EnsembleLogUNetwork
+
+    def __init__(
+        self,
+        policy: Any = "MlpPolicy",
+        env: Any = None,
+        beta: float = 1.0,
+        n_heads: int = 2,
+        aggregation: str = "max",
+        theta_lr: float = 0.1,
+        theta_init: float | None = None,
+        dynamics: str = "fixed",
+        scale: str = "mean",
+        terminal_log_chi: float = 0.0,
+        log_u_clip: float | None = None,
+        learned_prior: bool = False,
+        prior_lr: float = 1e-3,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if dynamics not in DYNAMICS:
+            raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if not 0 < theta_lr <= 1:
+            raise ValueError("theta_lr must be in (0, 1]")
+        super().__init__(policy, env, beta=beta, _init_setup_model=False, **kwargs)
+        self.n_heads = int(n_heads)
+        self.aggregation = aggregation
+        self.theta_lr = float(theta_lr)
+        self.theta = float("nan") if theta_init is None else float(theta_init)
+        self.dynamics = dynamics
+        self.scale = scale
+        self.terminal_log_chi = float(terminal_log_chi)
+        self.log_u_clip = log_u_clip
+        self.learned_prior = bool(learned_prior)
+        self.prior_lr = float(prior_lr)
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        current: dict[str, Any] = dict(getattr(self, "policy_kwargs", None) or {})
+        self.policy_kwargs = {
+            **current,
+            "n_heads": self.n_heads,
+            "aggregation": self.aggregation,
+            "learned_prior": self.learned_prior,
+        }
+        super()._setup_model()
+        self.prior_optimizer: th.optim.Optimizer | None = None
+        if self.policy.prior_net is not None:
+            self.prior_optimizer = th.optim.Adam(
+                self.policy.prior_net.parameters(), lr=self.prior_lr
+            )
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, other = super()._get_torch_save_params()
+        if self.learned_prior:
+            state_dicts = [*state_dicts, "prior_optimizer"]
+        return state_dicts, other
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "prior_optimizer"]
+
+    def _log_chi(self, log_u: th.Tensor, obs: th.Tensor) -> th.Tensor:
+        return th.logsumexp(log_u + self.policy.prior_logits(obs), dim=-1)
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        stats: dict[str, list[float]] = {k: [] for k in ("loss", "theta_hat", "m", "log_u", "kl")}
+        beta = self.beta
+        for _ in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            obs, nxt = data.observations, data.next_observations
+            actions = data.actions.long().view(-1, 1)
+            r = data.rewards.view(-1)
+            done = data.dones.view(-1) > 0.5
+            heads = self.q_net.heads(obs)  # (B, K, A)
+            idx = actions.view(-1, 1, 1).expand(-1, heads.shape[1], 1)
+            log_u_sa = heads.gather(2, idx).squeeze(2)  # (B, K)
+            with th.no_grad():
+                both = th.cat([obs, nxt]) if isinstance(obs, th.Tensor) else None
+                if both is not None:  # one target pass for s and s'
+                    log_u_both = self.q_net_target(both)
+                    log_chi_both = self._log_chi(log_u_both, both)
+                    n = obs.shape[0]
+                    log_u_t, log_chi_t, log_chi_next = (
+                        log_u_both[:n],
+                        log_chi_both[:n],
+                        log_chi_both[n:],
+                    )
+                else:  # dict observations
+                    log_u_t = self.q_net_target(obs)
+                    log_chi_t = self._log_chi(log_u_t, obs)
+                    log_chi_next = self._log_chi(self.q_net_target(nxt), nxt)
+                cont = th.where(
+                    done, th.full_like(log_chi_next, self.terminal_log_chi), log_chi_next
+                )
+                log_ratio = beta * r + cont - log_u_t.gather(1, actions).view(-1)
+                if self.dynamics == "fixed":
+                    log_rho_hat = log_ratio.mean()
+                else:
+                    log_rho_hat = th.logsumexp(log_ratio, 0) - math.log(log_ratio.numel())
+                theta_hat = float(log_rho_hat.item()) / beta
+                if not math.isfinite(self.theta):
+                    self.theta = theta_hat
+                m = log_chi_t.mean() if self.scale == "mean" else th.zeros(())
+                y = beta * (r - self.theta) + cont - m
+                if self.log_u_clip is not None:
+                    y = y.clamp(-self.log_u_clip, self.log_u_clip)
+                y = y.view(-1, 1).expand_as(log_u_sa)
+            if self.dynamics == "fixed":
+                loss = td_loss(log_u_sa, y, self.loss) * heads.shape[1]
+            else:
+                ref = log_u_sa.detach()
+                rel = th.exp(log_u_sa - ref) - th.exp((y - ref).clamp(max=20.0))
+                loss = (rel**2).mean() * heads.shape[1]
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            th.nn.utils.clip_grad_norm_(self.q_net.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+            self.theta += self.theta_lr * (theta_hat - self.theta)
+            if self.prior_optimizer is not None:
+                stats["kl"].append(self._prior_step(obs))
+            stats["loss"].append(loss.item())
+            stats["theta_hat"].append(theta_hat)
+            stats["m"].append(float(m))
+            stats["log_u"].append(log_u_sa.mean().item())
+        self._n_updates += gradient_steps
+        rec = self.logger.record
+        rec("train/n_updates", self._n_updates, exclude="tensorboard")
+        rec("train/loss", float(np.mean(stats["loss"])))
+        rec("train/theta", self.theta)
+        rec("train/theta_batch", float(np.mean(stats["theta_hat"])))
+        rec("train/log_u_scale", float(np.mean(stats["m"])))
+        rec("train/log_u_mean", float(np.mean(stats["log_u"])))
+        if stats["kl"]:
+            rec("train/prior_kl", float(np.mean(stats["kl"])))
+
+    def _prior_step(self, obs: th.Tensor) -> float:
+        """One step of posterior policy iteration: move ``pi0`` towards ``pi ∝ pi0 u``."""
+        assert self.prior_optimizer is not None
+        with th.no_grad():
+            target = th.softmax(self.policy.logits(obs), dim=-1)
+        log_prior = self.policy.prior_logits(obs)
+        kl = (target * (th.log(target.clamp_min(1e-12)) - log_prior)).sum(-1).mean()
+        self.prior_optimizer.zero_grad()
+        kl.backward()
+        self.prior_optimizer.step()
+        return float(kl.item())
+
+    def log_u(self, observation: np.ndarray, heads: bool = False) -> np.ndarray:
+        """``log u`` of the online network: ``(B, A)`` aggregated or ``(B, K, A)`` heads."""
+        obs, _ = self.policy.obs_to_tensor(observation)
+        with th.no_grad():
+            out = self.q_net.heads(obs) if heads else self.q_net(obs)
+        return out.cpu().numpy()
+
+
+__all__ = ["EVAL", "LOSSES", "SCALES", "DYNAMICS"]

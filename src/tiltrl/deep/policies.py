@@ -1,0 +1,232 @@
+"""Policies of the soft deep agents on the stable-baselines3 ``DQNPolicy`` machinery.
+
+- ``SoftQPolicy``: a Q network (and its target) read as soft Q-values; actions from the
+  soft policy ``pi ∝ pi0 exp(beta Q)`` (Haarnoja et al., ICML 2017); ``deterministic=True``
+  takes its mode (greedy), ``deterministic=False`` samples it (Boltzmann exploration).
+- ``EVALPolicy``: an ensemble of ``log u(s, a)`` heads in one batched network (no Python
+  loop over heads), aggregated by min/mean/max; actions from ``pi ∝ pi0 u`` (EVAL:
+  Adamczyk et al., arXiv 2501.09770; Arriojas et al., PRR 5, 023085, 2023). An optional
+  learned prior network (posterior policy iteration) can replace the fixed prior.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.torch_layers import create_mlp
+from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
+from torch import nn
+
+from tiltrl.deep.priors import LogPrior, PriorSpec
+
+AGGREGATIONS = ("min", "mean", "max")
+
+
+class SoftQPolicy(DQNPolicy):
+    """``DQNPolicy`` whose action rule is the soft policy ``pi ∝ pi0 exp(beta Q)``.
+
+    Extra keyword arguments: ``beta`` (inverse temperature) and ``prior`` (see
+    :mod:`tiltrl.deep.priors`). The algorithms set both; users need not.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        lr_schedule: Any,
+        beta: float = 1.0,
+        prior: PriorSpec = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        self.beta = float(beta)
+        self.prior = prior
+        self.log_prior = LogPrior(prior, int(action_space.n)).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(beta=self.beta, prior=self.prior)
+        return data
+
+    def prior_logits(self, obs: th.Tensor) -> th.Tensor:
+        """``log pi0(.|s)``, shape ``(B, A)``."""
+        return self.log_prior(obs)
+
+    def logits(self, obs: th.Tensor) -> th.Tensor:
+        """Unnormalised ``log pi(.|s)`` of the acting policy, shape ``(B, A)``."""
+        return self.beta * self.q_net(obs) + self.prior_logits(obs)
+
+    def action_probabilities(self, obs: th.Tensor) -> th.Tensor:
+        return th.softmax(self.logits(obs), dim=-1)
+
+    def _predict(self, obs: Any, deterministic: bool = True) -> th.Tensor:
+        logits = self.logits(obs)
+        if deterministic:
+            return logits.argmax(dim=-1)
+        return th.multinomial(th.softmax(logits, dim=-1), 1).squeeze(-1)
+
+
+class BatchedLinear(nn.Module):
+    """``K`` independent linear maps applied in one batched matmul: ``(K,B,i) -> (K,B,o)``."""
+
+    def __init__(self, n_heads: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init, per head
+        self.weight = nn.Parameter(th.empty(n_heads, in_features, out_features))
+        self.bias = nn.Parameter(th.empty(n_heads, 1, out_features))
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        return th.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """``K`` MLPs evaluated as one network; ``forward(x: (B,i)) -> (B, K, o)``."""
+
+    def __init__(
+        self,
+        n_heads: int,
+        in_features: int,
+        out_features: int,
+        net_arch: list[int],
+        activation_fn: type[nn.Module],
+    ) -> None:
+        super().__init__()
+        self.n_heads = int(n_heads)
+        sizes = [in_features, *net_arch, out_features]
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(BatchedLinear(n_heads, sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(activation_fn())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        h = x.unsqueeze(0).expand(self.n_heads, *x.shape)
+        return self.layers(h).transpose(0, 1)
+
+
+def aggregate(heads: th.Tensor, how: str) -> th.Tensor:
+    """Aggregate ``(B, K, A)`` head outputs over ``K`` by ``min``, ``mean`` or ``max``."""
+    if how == "mean":
+        return heads.mean(dim=1)
+    if how == "min":
+        return heads.min(dim=1).values
+    if how == "max":
+        return heads.max(dim=1).values
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+
+
+class EnsembleLogUNetwork(QNetwork):
+    """Ensemble of ``log u(s, .)`` heads; ``forward`` returns the aggregate ``(B, A)``."""
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        features_extractor: nn.Module,
+        features_dim: int,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        n_heads: int = 2,
+        aggregation: str = "max",
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor,  # type: ignore[arg-type]
+            features_dim,
+            net_arch,
+            activation_fn,
+            normalize_images,
+        )
+        if n_heads < 1:
+            raise ValueError("n_heads must be >= 1")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.n_heads = int(n_heads)
+        self.aggregation = aggregation
+        arch = [64, 64] if net_arch is None else list(net_arch)
+        self.q_net = EnsembleMLP(  # type: ignore[assignment]
+            n_heads, features_dim, int(action_space.n), arch, activation_fn
+        )
+
+    def heads(self, obs: Any) -> th.Tensor:
+        """All heads, shape ``(B, K, A)``."""
+        return self.q_net(self.extract_features(obs, self.features_extractor))
+
+    def forward(self, obs: Any) -> th.Tensor:
+        return aggregate(self.heads(obs), self.aggregation)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(n_heads=self.n_heads, aggregation=self.aggregation)
+        return data
+
+
+class EVALPolicy(SoftQPolicy):
+    """Policy of :class:`tiltrl.deep.EVAL`: ``pi ∝ pi0 u`` from an ensemble of log u heads.
+
+    ``n_heads`` and ``aggregation`` configure the ensemble; ``learned_prior=True`` adds a
+    prior network whose output is added to ``log pi0`` (last layer zero-initialised, so it
+    starts at the given prior); the algorithm trains it to track the current policy
+    (posterior policy iteration). ``beta`` is not used in the action rule (``log u``
+    already contains it).
+    """
+
+    q_net: EnsembleLogUNetwork
+    q_net_target: EnsembleLogUNetwork
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Discrete,
+        lr_schedule: Any,
+        n_heads: int = 2,
+        aggregation: str = "max",
+        learned_prior: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.n_heads = int(n_heads)
+        self.aggregation = aggregation
+        self.learned_prior = bool(learned_prior)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        self.prior_net: nn.Module | None = None
+        if self.learned_prior:
+            in_dim = int(self.q_net.features_dim)
+            layers = create_mlp(in_dim, int(action_space.n), list(self.net_arch or [64, 64]))
+            last = layers[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.prior_net = nn.Sequential(*layers).to(self.device)
+
+    def make_q_net(self) -> EnsembleLogUNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return EnsembleLogUNetwork(
+            **net_args, n_heads=self.n_heads, aggregation=self.aggregation
+        ).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            n_heads=self.n_heads, aggregation=self.aggregation, learned_prior=self.learned_prior
+        )
+        return data
+
+    def prior_logits(self, obs: th.Tensor) -> th.Tensor:
+        base = self.log_prior(obs)
+        if self.prior_net is None:
+            return base
+        x = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        assert isinstance(x, th.Tensor)
+        return th.log_softmax(base + self.prior_net(th.flatten(x, 1).float()), dim=-1)
+
+    def logits(self, obs: th.Tensor) -> th.Tensor:
+        return self.q_net(obs) + self.prior_logits(obs)

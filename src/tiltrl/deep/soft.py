@@ -1,0 +1,42 @@
+"""Soft (entropy-regularised) operators on torch tensors.
+
+Convention of DESIGN.md §1: rewards, inverse temperature ``beta > 0``, prior policy
+``pi0``; soft value ``V(s) = (1/beta) log sum_a pi0(a|s) exp(beta Q(s,a))`` and soft
+policy ``pi(a|s) ∝ pi0(a|s) exp(beta Q(s,a))`` (Haarnoja et al., "Reinforcement
+learning with deep energy-based policies", ICML 2017). The soft Bellman bounds are those
+of DESIGN.md §5 (Adamczyk et al., "Boosting soft Q-learning by bounding", RLC 2024).
+Pure functions, no state.
+"""
+
+from __future__ import annotations
+
+import torch as th
+
+
+def soft_value(q: th.Tensor, log_prior: th.Tensor, beta: float) -> th.Tensor:
+    """``V = (1/beta) logsumexp(beta q + log pi0)`` over the last axis (log-space, stable)."""
+    return th.logsumexp(beta * q + log_prior, dim=-1) / beta
+
+
+def soft_logits(q: th.Tensor, log_prior: th.Tensor, beta: float) -> th.Tensor:
+    """Unnormalised log-probabilities of the soft policy ``pi ∝ pi0 exp(beta q)``."""
+    return beta * q + log_prior
+
+
+def bellman_bound_offsets(residual: th.Tensor, gamma: float) -> tuple[th.Tensor, th.Tensor]:
+    """Offsets ``(L, U)`` with ``T Q + gamma (1-done) L <= Q* <= T Q + gamma (1-done) U``.
+
+    ``residual`` holds ``D = T Q - Q`` on the taken actions of a batch, terminal
+    transitions included (their residual is ``r - Q``). DESIGN.md §5 gives, for
+    continuing problems, ``L = min(D)/(1-gamma)`` and ``U = max(D)/(1-gamma)``. With
+    terminal transitions the ``1/(1-gamma)`` amplification is valid only on the side where
+    it loosens the bound (``min D <= 0`` resp. ``max D >= 0``); otherwise ``min D`` resp.
+    ``max D`` itself is used, which is valid for episodic and continuing problems alike.
+    Over a batch the extremes are estimates of the extremes over all (s, a).
+    """
+    d_min = residual.min()
+    d_max = residual.max()
+    scale = 1.0 / (1.0 - gamma)
+    lower = th.where(d_min <= 0, d_min * scale, d_min)
+    upper = th.where(d_max >= 0, d_max * scale, d_max)
+    return lower, upper

@@ -1,0 +1,264 @@
+"""Deep agents (tiltrl.deep): correctness against exact solutions, learning, SB3 plumbing.
+
+Skipped cleanly when the optional ``deep`` extra (torch, stable-baselines3) is missing.
+Every test is seeded and single-threaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+th = pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+
+import gymnasium as gym  # noqa: E402
+from gymnasium.wrappers import TimeLimit  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+from stable_baselines3.common.logger import configure  # noqa: E402
+from stable_baselines3.common.monitor import Monitor  # noqa: E402
+
+import tiltrl  # noqa: E402
+from tiltrl.deep import EVAL, BoundedSoftDQN, SoftDQN, TabularEnv  # noqa: E402
+from tiltrl.deep.priors import LogPrior  # noqa: E402
+from tiltrl.deep.soft import bellman_bound_offsets, soft_value  # noqa: E402
+
+th.set_num_threads(1)
+
+GRID = "SFF FHF FFG"  # 3x3 continuing grid (hole and goal reset to S), deterministic
+ONE_HOT = np.eye(9, dtype=np.float32)
+
+
+def tab_env(mdp: Any, horizon: int = 100) -> gym.Env:
+    return TimeLimit(TabularEnv(mdp), horizon)
+
+
+def small_eval(mdp: Any, beta: float, seed: int = 0, **kw: Any) -> EVAL:
+    args: dict[str, Any] = dict(
+        beta=beta,
+        n_heads=2,
+        aggregation="mean",
+        theta_lr=0.05,
+        learning_rate=3e-3,
+        batch_size=64,
+        learning_starts=200,
+        train_freq=1,
+        gradient_steps=1,
+        target_update_interval=50,
+        buffer_size=5000,
+        policy_kwargs=dict(net_arch=[32]),
+        seed=seed,
+    )
+    args.update(kw)
+    return EVAL("MlpPolicy", tab_env(mdp), **args)
+
+
+def small_soft(cls: type, mdp: Any, beta: float, gamma: float, seed: int = 0, **kw: Any) -> Any:
+    args: dict[str, Any] = dict(
+        beta=beta,
+        gamma=gamma,
+        learning_rate=3e-3,
+        batch_size=64,
+        learning_starts=200,
+        train_freq=1,
+        gradient_steps=1,
+        target_update_interval=50,
+        buffer_size=5000,
+        loss="mse",
+        policy_kwargs=dict(net_arch=[32]),
+        seed=seed,
+    )
+    args.update(kw)
+    return cls("MlpPolicy", tab_env(mdp), **args)
+
+
+# -- exact references --------------------------------------------------------------------
+
+
+def test_eval_theta_and_policy_match_exact_controlled_solution() -> None:
+    mdp = tiltrl.gridworld(GRID)
+    beta = 1.0
+    exact = tiltrl.solve(mdp, beta)
+    model = small_eval(mdp, beta).learn(1200)
+    assert abs(model.theta / exact.theta - 1) < 0.02
+    pi = model.action_probabilities(ONE_HOT)
+    assert np.abs(pi - exact.policy).max() < 0.05
+
+
+def test_eval_with_non_uniform_prior_matches_exact() -> None:
+    prior = np.array([0.1, 0.2, 0.3, 0.4])
+    mdp = tiltrl.gridworld(GRID)
+    exact = tiltrl.solve(mdp.with_prior(np.tile(prior, (9, 1))), 1.0)
+    model = small_eval(mdp, 1.0, prior=prior).learn(1200)
+    assert abs(model.theta / exact.theta - 1) < 0.02
+    assert np.abs(model.action_probabilities(ONE_HOT) - exact.policy).max() < 0.05
+
+
+@pytest.mark.parametrize("cls", [SoftDQN, BoundedSoftDQN])
+def test_soft_q_matches_exact_discounted_soft_q(cls: type) -> None:
+    mdp = tiltrl.gridworld(GRID)
+    beta, gamma = 1.0, 0.8
+    exact = tiltrl.solve(mdp, beta, gamma=gamma)
+    model = small_soft(cls, mdp, beta, gamma).learn(2000)
+    q = model.q_values(ONE_HOT)
+    scale = np.abs(exact.q).max()
+    assert np.abs(q - exact.q).max() < 0.05 * scale
+    assert np.abs(model.action_probabilities(ONE_HOT) - exact.policy).max() < 0.05
+
+
+def test_soft_bellman_bounds_contain_exact_q() -> None:
+    mdp = tiltrl.gridworld(GRID)
+    beta, gamma = 1.0, 0.8
+    q_star = tiltrl.solve(mdp, beta, gamma=gamma).q
+    P = mdp.dense_transitions()
+    rng = np.random.default_rng(0)
+    log_prior = th.full((9, 4), float(np.log(0.25)))
+    for _ in range(5):
+        q = th.as_tensor(q_star + rng.normal(0, 1.0, q_star.shape))
+        v = soft_value(q, log_prior.double(), beta).numpy()
+        tq = mdp.reward + gamma * P @ v
+        lower, upper = bellman_bound_offsets(th.as_tensor(tq) - q, gamma)
+        assert np.all(tq + gamma * lower.item() <= q_star + 1e-9)
+        assert np.all(q_star <= tq + gamma * upper.item() + 1e-9)
+    # at the fixed point the bounds collapse onto Q*
+    v = soft_value(th.as_tensor(q_star), log_prior.double(), beta).numpy()
+    lower, upper = bellman_bound_offsets(th.as_tensor(mdp.reward + gamma * P @ v - q_star), gamma)
+    assert abs(lower.item()) < 1e-6 and abs(upper.item()) < 1e-6
+
+
+def test_callable_prior_equals_vector_prior() -> None:
+    vec = np.array([0.1, 0.2, 0.3, 0.4])
+    obs = th.zeros(5, 9)
+    a = LogPrior(vec, 4)(obs)
+    b = LogPrior(lambda o: th.as_tensor(vec, dtype=th.float32).expand(o.shape[0], 4), 4)(obs)
+    assert th.allclose(a, b) and th.allclose(a.exp().sum(-1), th.ones(5))
+
+
+# -- learning on CartPole ----------------------------------------------------------------
+
+
+def test_eval_cartpole_return_improves() -> None:
+    env = gym.make("CartPole-v1")
+    model = EVAL(
+        "MlpPolicy",
+        env,
+        beta=0.7,
+        learning_rate=3.5e-3,
+        batch_size=64,
+        buffer_size=20000,
+        learning_starts=500,
+        target_update_interval=50,
+        tau=0.73,
+        theta_lr=0.24,
+        scale="terminal",
+        policy_kwargs=dict(net_arch=[128, 128]),
+        seed=0,
+    )
+    eval_env = Monitor(gym.make("CartPole-v1"))
+    before, _ = evaluate_policy(model, eval_env, n_eval_episodes=5, deterministic=True)
+    model.learn(3000)
+    after, _ = evaluate_policy(model, eval_env, n_eval_episodes=5, deterministic=True)
+    assert after > max(3 * before, 100.0), (before, after)
+
+
+# -- SB3 plumbing: determinism, save/load, VecEnv, callbacks, logger ---------------------
+
+
+def _params(model: Any) -> list[np.ndarray]:
+    return [p.detach().cpu().numpy().copy() for p in model.policy.parameters()]
+
+
+@pytest.mark.parametrize("cls", [EVAL, SoftDQN, BoundedSoftDQN])
+def test_same_seed_same_result(cls: type) -> None:
+    mdp = tiltrl.gridworld(GRID)
+
+    def run(seed: int) -> tuple[list[np.ndarray], float]:
+        if cls is EVAL:
+            m = small_eval(mdp, 1.0, seed=seed, learning_starts=50)
+        else:
+            m = small_soft(cls, mdp, 1.0, 0.8, seed=seed, learning_starts=50)
+        m.learn(250)
+        return _params(m), float(getattr(m, "theta", 0.0))
+
+    (p1, t1), (p2, t2), (p3, _) = run(3), run(3), run(4)
+    assert t1 == t2
+    assert all(np.array_equal(a, b) for a, b in zip(p1, p2, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(p1, p3, strict=True))
+
+
+@pytest.mark.parametrize("cls", [EVAL, BoundedSoftDQN])
+def test_save_load_round_trip(cls: type, tmp_path: Path) -> None:
+    mdp = tiltrl.gridworld(GRID)
+    prior = np.array([0.1, 0.2, 0.3, 0.4])
+    if cls is EVAL:
+        model = small_eval(mdp, 1.0, learning_starts=50, learned_prior=True, prior=prior)
+    else:
+        model = small_soft(cls, mdp, 1.0, 0.8, learning_starts=50, clip="soft", prior=prior)
+    model.learn(300)
+    path = tmp_path / "model.zip"
+    model.save(path)
+    loaded = cls.load(path, env=tab_env(mdp))
+    assert type(loaded.policy) is type(model.policy)
+    assert np.allclose(loaded.action_probabilities(ONE_HOT), model.action_probabilities(ONE_HOT))
+    assert loaded.beta == model.beta
+    if cls is EVAL:
+        assert loaded.theta == model.theta and loaded.policy.prior_net is not None
+        assert np.allclose(loaded.log_u(ONE_HOT, heads=True), model.log_u(ONE_HOT, heads=True))
+    else:
+        assert loaded.clip == "soft"
+    det = loaded.predict(ONE_HOT, deterministic=True)[0]
+    assert np.array_equal(det, model.predict(ONE_HOT, deterministic=True)[0])
+    loaded.learn(100, reset_num_timesteps=False)  # training continues after loading
+
+
+class CountCalls(BaseCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def _on_step(self) -> bool:
+        self.calls += 1
+        return True
+
+
+@pytest.mark.parametrize("cls", [EVAL, BoundedSoftDQN])
+def test_vec_env_callback_and_logger(cls: type, tmp_path: Path) -> None:
+    mdp = tiltrl.gridworld(GRID)
+    venv = make_vec_env(lambda: tab_env(mdp), n_envs=2, seed=0)
+    common = dict(learning_starts=50, batch_size=32, seed=0, policy_kwargs=dict(net_arch=[16]))
+    model = (
+        EVAL("MlpPolicy", venv, beta=1.0, n_heads=3, aggregation="min", **common)
+        if cls is EVAL
+        else BoundedSoftDQN("MlpPolicy", venv, beta=1.0, clip="both", penalty="huber", **common)
+    )
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    cb = CountCalls()
+    model.learn(400, callback=cb, log_interval=1)
+    assert cb.calls == 200  # one call per vectorised step of 2 envs
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    keys = (
+        ["train/theta", "train/log_u_scale"]
+        if cls is EVAL
+        else ["train/target_clip_rate", "train/q_clip_rate", "train/bounds_inverted"]
+    )
+    for key in keys:
+        assert key in header
+    if cls is BoundedSoftDQN:
+        assert 0.0 <= model.logger.name_to_value.get("train/q_clip_rate", 0.0) <= 1.0
+
+
+def test_invalid_arguments_raise() -> None:
+    mdp = tiltrl.gridworld(GRID)
+    with pytest.raises(ValueError):
+        EVAL("MlpPolicy", tab_env(mdp), aggregation="median")
+    with pytest.raises(ValueError):
+        BoundedSoftDQN("MlpPolicy", tab_env(mdp), clip="sometimes")
+    with pytest.raises(ValueError):
+        SoftDQN("MlpPolicy", tab_env(mdp), beta=0.0)
+    with pytest.raises(ValueError):
+        SoftDQN("MlpPolicy", tab_env(mdp), prior=[0.5, 0.5])
