@@ -206,7 +206,9 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     }
 
 
-def throughput(algos: list[str], steps: int, seed: int = 0) -> dict[str, float]:
+def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]:
+    """Env steps/s at equal ``train_freq=1``, ``gradient_steps=1`` (median of interleaved
+    repeats, so that a shared machine's load hits every algorithm alike)."""
     common = dict(
         learning_rate=1e-3,
         batch_size=64,
@@ -217,15 +219,18 @@ def throughput(algos: list[str], steps: int, seed: int = 0) -> dict[str, float]:
         target_update_interval=100,
         policy_kwargs=dict(net_arch=[64, 64]),
     )
-    out = {}
-    for algo in algos:
-        if algo == "ppo":
-            continue  # on-policy: no train_freq/gradient_steps to match
-        model = ALGOS[algo]("MlpPolicy", gym.make("CartPole-v1"), seed=seed, **common)
-        t = time.perf_counter()
-        model.learn(steps)
-        out[algo] = steps / (time.perf_counter() - t)
-    return out
+    times: dict[str, list[float]] = {a: [] for a in algos if a != "ppo"}  # PPO: on-policy
+    for rep in range(repeats):
+        for algo in times:
+            model = ALGOS[algo]("MlpPolicy", gym.make("CartPole-v1"), seed=rep, **common)
+            t = time.perf_counter()
+            model.learn(steps)
+            times[algo].append(steps / (time.perf_counter() - t))
+    return {
+        "settings": {**common, "steps": steps, "repeats": repeats, "env": "CartPole-v1"},
+        "steps_per_s_median": {a: float(np.median(v)) for a, v in times.items()},
+        "steps_per_s_all": times,
+    }
 
 
 def table(results: dict[str, Any]) -> str:
@@ -261,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=None)
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--throughput-steps", type=int, default=None)
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the equal-train_freq throughput comparison",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "deep.json")
     args = ap.parse_args(argv)
     th.set_num_threads(1)
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_every": every,
         "runs": {},
     }
-    for env_id in envs:
+    for env_id in [] if args.throughput_only else envs:
         results["runs"][env_id] = {}
         for algo in algos:
             runs = []
@@ -302,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
-    results["throughput_cartpole_tf1_gs1"] = throughput(algos, tp_steps)
+    results["throughput"] = throughput(algos, tp_steps)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))
     print(
         "throughput (CartPole-v1, train_freq=1, gradient_steps=1, batch 64, MLP 2x64):",
-        {k: round(v) for k, v in results["throughput_cartpole_tf1_gs1"].items()},
+        {k: round(v) for k, v in results["throughput"]["steps_per_s_median"].items()},
     )
     return 0
 

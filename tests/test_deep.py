@@ -80,11 +80,12 @@ def small_soft(cls: type, mdp: Any, beta: float, gamma: float, seed: int = 0, **
 # -- exact references --------------------------------------------------------------------
 
 
-def test_eval_theta_and_policy_match_exact_controlled_solution() -> None:
+@pytest.mark.parametrize("dynamics", ["fixed", "controlled"])
+def test_eval_theta_and_policy_match_exact_controlled_solution(dynamics: str) -> None:
     mdp = tiltrl.gridworld(GRID)
     beta = 1.0
-    exact = tiltrl.solve(mdp, beta)
-    model = small_eval(mdp, beta).learn(1200)
+    exact = tiltrl.solve(mdp, beta)  # deterministic grid: controlled == fixed
+    model = small_eval(mdp, beta, dynamics=dynamics).learn(1200)
     assert abs(model.theta / exact.theta - 1) < 0.02
     pi = model.action_probabilities(ONE_HOT)
     assert np.abs(pi - exact.policy).max() < 0.05
@@ -208,6 +209,9 @@ def test_save_load_round_trip(cls: type, tmp_path: Path) -> None:
     assert loaded.beta == model.beta
     if cls is EVAL:
         assert loaded.theta == model.theta and loaded.policy.prior_net is not None
+        # posterior policy iteration moved the learned prior away from its start
+        learned = th.softmax(model.policy.prior_logits(th.as_tensor(ONE_HOT)), -1)
+        assert not th.allclose(learned, th.as_tensor(prior, dtype=th.float32).expand(9, 4))
         assert np.allclose(loaded.log_u(ONE_HOT, heads=True), model.log_u(ONE_HOT, heads=True))
     else:
         assert loaded.clip == "soft"

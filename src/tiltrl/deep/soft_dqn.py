@@ -48,7 +48,8 @@ class SoftDQN(DQN):
         picklable callable ``obs_tensor -> (B, A)`` probabilities.
       loss: ``"huber"`` (SB3's default) or ``"mse"``.
     Epsilon exploration defaults to 0 (the soft policy explores); ``n_steps`` must be 1
-    (an n-step return would drop the entropy terms).
+    (an n-step return would drop the entropy terms). Warm-up actions (before
+    ``learning_starts``) are drawn from the prior.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[misc]
@@ -119,6 +120,18 @@ class SoftDQN(DQN):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", float(np.mean(losses)))
         self.logger.record("train/q_mean", float(np.mean(q_means)))
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Warm-up actions (before ``learning_starts``) come from the prior ``pi0``."""
+        if self.num_timesteps < learning_starts and self.prior is not None:
+            obs, _ = self.policy.obs_to_tensor(self._last_obs)  # type: ignore[arg-type]
+            with th.no_grad():
+                probs = th.softmax(self.policy.prior_logits(obs), dim=-1)  # type: ignore[arg-type]
+                action = th.multinomial(probs, 1).squeeze(-1).cpu().numpy()
+            return action, action
+        return super()._sample_action(learning_starts, action_noise, n_envs)
 
     # -- conveniences ------------------------------------------------------------------
     def action_probabilities(self, observation: np.ndarray) -> np.ndarray:
