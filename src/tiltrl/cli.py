@@ -8,6 +8,7 @@ Subcommands::
     tiltrl demo [--out DIR]             the README demo: calibration, controlled vs fixed
     tiltrl learn ALGO MAP --beta B ...  tabular learners vs the exact solution (curves)
     tiltrl compose MAP --task CELLS ... zero-shot composition of solved sub-tasks + bounds
+    tiltrl scgf MODEL --k LIST ...      SCGF, mean, variance, rate function (+ cloning)
 
 ``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
 row per line, ``#`` comments allowed), rows given inline separated by commas
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "parse_betas"]
+__all__ = ["main", "parse_betas", "parse_ks"]
 
 #: DESIGN.md §4: uniform prior, deterministic, min_reward=-1.5, 7x7holes, beta=10.
 CALIBRATION = {"map": "7x7holes", "beta": 10.0, "cost_rate": 0.964515, "tol": 1e-6}
@@ -231,6 +232,43 @@ def parse_betas(text: str) -> np.ndarray:
         if not (b > 0 and math.isfinite(b)):
             raise ValueError(f"--betas: beta must be positive and finite, got {item.strip()}")
         values.append(b)
+    return np.array(values)
+
+
+def parse_ks(text: str, option: str = "--k") -> np.ndarray:
+    """``"-1,0,1"`` -> those tilts; ``"-1:1:21"`` -> 21 evenly spaced tilts in [-1, 1].
+
+    Like :func:`parse_betas` but linear spacing and any sign (``k`` is a tilt, not a
+    temperature). Raises ValueError naming ``option`` with a readable message on bad input.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{option} is empty")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"{option} {text!r}: a range is FROM:TO:COUNT (e.g. -1:1:21)")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+            count = int(parts[2])
+        except ValueError as exc:
+            raise ValueError(
+                f"{option} {text!r}: FROM and TO must be numbers, COUNT an integer"
+            ) from exc
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{option} {text!r}: FROM and TO must be finite")
+        if count < 1:
+            raise ValueError(f"{option} {text!r}: COUNT must be at least 1")
+        return np.array([lo]) if count == 1 else np.linspace(lo, hi, count)
+    values = []
+    for item in text.split(","):
+        try:
+            k = float(item)
+        except ValueError as exc:
+            raise ValueError(f"{option}: {item.strip()!r} is not a number") from exc
+        if not math.isfinite(k):
+            raise ValueError(f"{option}: k must be finite, got {item.strip()}")
+        values.append(k)
     return np.array(values)
 
 
@@ -490,17 +528,57 @@ def cmd_sweep(args: argparse.Namespace, out: Output) -> int:
               title=f"tiltrl sweep {args.map} ({args.dynamics} dynamics) — {_describe_mdp(mdp)}")
     if not sweep.converged.all():
         out.warn(f"{int((~sweep.converged).sum())} of {len(betas)} solves did not converge")
+    mc = _sweep_monte_carlo(out, mdp, sols, args) if args.mc else None
     if args.json:
         _write_json(out, sweep, args.json)
+        if mc is not None:
+            import json
+
+            path = Path(args.json).with_suffix(".mc.json")
+            path.write_text(json.dumps({
+                "betas": sweep.betas.tolist(), "energy_exact": sweep.energy.tolist(),
+                "energy_mc": mc[1].tolist(), "stderr_mc": mc[2].tolist(),
+                "steps": args.mc_steps, "chains": args.mc_chains, "seed": args.seed,
+            }, indent=2))
+            out.line(f"wrote {path}")
     if args.plot:
         from tiltrl.viz import plot_sweep
         from tiltrl.viz._mpl import save_figure
 
         name = mdp.info.get("name") or args.map
         fig = plot_sweep(sweep, title=f"{name}: thermodynamics of the optimal policy "
-                                      f"({args.dynamics} dynamics)")
+                                      f"({args.dynamics} dynamics)", mc=mc)
         out.line(f"wrote {save_figure(fig, args.plot)}")
     return 0
+
+
+def _sweep_monte_carlo(
+    out: Output, mdp: Any, sols: Sequence[Any], args: argparse.Namespace
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulate the optimal process at each beta (tiltrl.ld.simulate_energy) and compare
+    the measured reward per step with the exact energy ``E_d[r]``; print the table."""
+    from tiltrl.ld import simulate_energy
+
+    betas, means, errs, rows = [], [], [], []
+    with out.progress(len(sols), "Monte Carlo") as advance:
+        for i, sol in enumerate(sols):
+            m, se = simulate_energy(mdp, sol, steps=args.mc_steps, n_chains=args.mc_chains,
+                                    seed=args.seed + i, burn_in=max(100, args.mc_steps // 10))
+            z = (m - sol.energy) / se if se > 0 else math.nan
+            betas.append(sol.beta)
+            means.append(m)
+            errs.append(se)
+            rows.append([_f(sol.beta), _f(sol.energy, 8), _f(m, 8), _f(se, 3), _f(z, 3)])
+            advance(f"beta={sol.beta:g}")
+    out.table(["beta", "energy (exact)", "energy (MC)", "stderr", "z"], rows,
+              title=f"Monte Carlo check: the optimal {args.dynamics} process simulated, "
+                    f"{args.mc_chains} chains x {args.mc_steps:,} steps per beta; "
+                    "z = (MC - exact) / stderr")
+    z_all = np.array([(m - s.energy) / e for m, s, e in zip(means, sols, errs, strict=True)
+                      if e > 0])
+    if z_all.size and np.max(np.abs(z_all)) > 4:
+        out.warn(f"Monte Carlo energy off by {np.max(np.abs(z_all)):.1f} standard errors")
+    return np.array(betas), np.array(means), np.array(errs)
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
@@ -800,6 +878,165 @@ def cmd_compose(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _load_chain(args: argparse.Namespace) -> tuple[Any, Any, str, Any]:
+    """``(chain, observable, description, closed_form)`` for ``tiltrl scgf``'s MODEL."""
+    from tiltrl.ld import MarkovChain, from_mdp
+    from tiltrl.ld.examples import ring, ring_current, ring_scgf
+
+    spec = args.map
+    if spec == "ring":
+        n = 20 if args.n is None else args.n
+        p = 0.4 if args.p is None else args.p
+        q = 0.1 if args.q is None else args.q
+        return (ring(n, p, q), ring_current(n),
+                f"ring({n}, p={p:g}, q={q:g}), current (+1 right, -1 left)",
+                lambda k: ring_scgf(k, p, q))
+    if spec == "two-state":
+        a = 0.3 if args.p is None else args.p
+        b = 0.2 if args.q is None else args.q
+        from tiltrl.ld.examples import two_state
+
+        return (two_state(a, b), np.array([0.0, 1.0]),
+                f"two-state chain (0->1 w.p. {a:g}, 1->0 w.p. {b:g}), time in state 1",
+                None)
+    if spec.endswith(".npz"):
+        if not Path(spec).is_file():
+            raise CLIError(f"{spec}: no such file")
+        if not args.observable:
+            raise CLIError("a saved chain needs --observable FILE.npy ((S,) or (S, S) values)")
+        chain = MarkovChain.load(spec)
+        f = np.load(args.observable)
+        if f.shape not in ((chain.n_states,), (chain.n_states, chain.n_states)):
+            raise CLIError(f"--observable {args.observable}: shape {f.shape}, expected "
+                           f"({chain.n_states},) or ({chain.n_states}, {chain.n_states})")
+        return chain, f, f"{Path(spec).name}: {chain.n_states} states, " \
+                         f"{chain.P.nnz} transitions; observable {Path(args.observable).name}", None
+    if args.observable:
+        raise CLIError("--observable applies to a saved chain (.npz) only; on an MDP the "
+                       "observable is the reward")
+    mdp = load_mdp(spec, args)
+    chain, f = from_mdp(mdp)
+    return (chain, f, f"{_describe_mdp(mdp)}; chain on (s, a) pairs under the prior, "
+                      "observable the reward r(s,a,s') (Lambda(beta) = beta * theta)", None)
+
+
+def _json_number(x: Any) -> Any:
+    """Strict JSON: non-finite floats become null."""
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def cmd_scgf(args: argparse.Namespace, out: Output) -> int:
+    """SCGF, its derivatives and the rate function of an additive observable (tiltrl.ld)."""
+    from tiltrl.exact.average import ConvergenceWarning
+    from tiltrl.ld import cloning, rate_function, tilted
+
+    ks = parse_ks(args.k)
+    chain, f, desc, closed = _load_chain(args)
+    if args.plot:
+        _require_plotting()
+    if args.cloning is not None and args.cloning < 2:
+        raise CLIError("--cloning N needs a population N >= 2")
+    t0 = time.perf_counter()
+    sols = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with out.progress(len(ks), "tilted") as advance:
+            for k in ks:
+                sols.append(tilted(chain, f, float(k), tol=args.tol))
+                advance(f"k={k:g}")
+    lam = np.array([s.scgf for s in sols])
+    mean = np.array([s.mean for s in sols])
+    var = np.array([s.variance for s in sols])
+    conv = np.array([bool(s.converged) for s in sols])
+    t_exact = time.perf_counter() - t0
+    clo = None
+    if args.cloning is not None:
+        clo = cloning(chain, f, ks, population=args.cloning, steps=args.steps, runs=args.runs,
+                      seed=args.seed, keep_series=False)
+        c_est = np.atleast_1d(np.asarray(clo.estimate, dtype=float))
+        c_err = np.atleast_1d(np.asarray(clo.stderr, dtype=float))
+    # rate function: default a few points inside the range of Lambda' on the k grid
+    if args.a is not None:
+        a_pts = parse_ks(args.a, "--a")
+    else:
+        lo, hi = float(mean.min()), float(mean.max())
+        a_pts = np.linspace(lo, hi, 7)[1:-1] if hi > lo else np.array([lo])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rf = rate_function(chain, f, a_pts, solver_tol=args.tol)
+
+    out.line(desc)
+    head = ["k", "Lambda(k)", "Lambda' (mean)", "Lambda'' (variance)", "converged"]
+    rows = []
+    for i, k in enumerate(ks):
+        row = [_f(k), _f(lam[i], 10), _f(mean[i], 8), _f(var[i], 8),
+               "yes" if conv[i] else "NO"]
+        if closed is not None:
+            row.append(_f(float(closed(k)), 10))
+        if clo is not None:
+            z = (c_est[i] - lam[i]) / c_err[i] if c_err[i] > 0 else math.nan
+            row += [_f(c_est[i], 8), _f(c_err[i], 3), _f(z, 3)]
+        rows.append(row)
+    if closed is not None:
+        head.append("closed form")
+    if clo is not None:
+        head += ["cloning", "stderr", "z"]
+    out.table(head, rows, title=f"tiltrl scgf — exact SCGF from the tilted matrix "
+                                f"({t_exact:.3g} s)")
+    if clo is not None:
+        out.line(f"cloning: population {args.cloning}, {clo.steps} steps, {args.runs} runs "
+                 f"per k, seed {args.seed} ({clo.elapsed:.3g} s); z = (cloning - exact) / "
+                 "stderr")
+    out.table(["a", "I(a)", "k*", "status"],
+              [[_f(a, 8), _f(r, 8), _f(k, 6), st]
+               for a, r, k, st in zip(rf.a, rf.rate, rf.k, rf.status, strict=True)],
+              title=f"rate function I(a) = sup_k [k a - Lambda(k)]; typical value "
+                    f"Lambda'(0) = {_f(rf.mean, 8)}, domain [{_f(rf.domain[0], 6)}, "
+                    f"{_f(rf.domain[1], 6)}]")
+    for note in rf.notes:
+        out.line(f"note: {note}")
+    if not conv.all():
+        out.warn(f"{int((~conv).sum())} of {len(ks)} tilted solves did not converge")
+    if args.json:
+        import json
+
+        report: dict[str, Any] = {
+            "model": desc, "k": ks.tolist(), "scgf": [_json_number(x) for x in lam],
+            "mean": [_json_number(x) for x in mean],
+            "variance": [_json_number(x) for x in var], "converged": conv.tolist(),
+            "rate": {"a": rf.a.tolist(), "rate": [_json_number(x) for x in rf.rate],
+                     "k": [_json_number(x) for x in rf.k], "status": list(rf.status),
+                     "domain": [_json_number(x) for x in rf.domain],
+                     "mean": _json_number(rf.mean), "notes": list(rf.notes)},
+        }
+        if closed is not None:
+            report["closed_form"] = [float(closed(k)) for k in ks]
+        if clo is not None:
+            report["cloning"] = {
+                "population": args.cloning, "steps": int(clo.steps), "runs": args.runs,
+                "seed": args.seed, "estimate": [_json_number(x) for x in c_est],
+                "stderr": [_json_number(x) for x in c_err], "time_s": float(clo.elapsed),
+            }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        out.line(f"wrote {path}")
+    if args.plot:
+        from tiltrl.viz._mpl import save_figure
+        from tiltrl.viz.ld import plot_scgf
+
+        fig = plot_scgf(
+            ks, lam, a=rf.a, rate=rf.rate, mean=mean, status=rf.status,
+            cloning_k=ks if clo is not None else None,
+            cloning_estimate=c_est if clo is not None else None,
+            cloning_stderr=c_err if clo is not None else None,
+            title=desc.split(";")[0],
+        )
+        out.line(f"wrote {save_figure(fig, args.plot)}")
+    return 0
+
+
 # ============================================================================ parser
 def _positive_float(text: str) -> float:
     try:
@@ -888,6 +1125,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_solver_options(p, dynamics_default="controlled")
     p.add_argument("--json", metavar="PATH", help="write the Sweep as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the thermodynamic curves")
+    p.add_argument("--mc", action="store_true",
+                   help="Monte Carlo check: simulate the optimal process at each beta and "
+                        "compare the measured reward per step with the energy (table, and "
+                        "error bars on the energy curve)")
+    p.add_argument("--mc-steps", type=int, default=10_000, help="MC steps per chain (1e4)")
+    p.add_argument("--mc-chains", type=int, default=16, help="MC independent chains (16)")
+    p.add_argument("--seed", type=int, default=0, help="MC seed (default 0)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="the README demo: calibration, controlled vs fixed")
@@ -944,6 +1188,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip solving the composed tasks (bounds only)")
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
     p.set_defaults(func=cmd_compose)
+
+    p = sub.add_parser(
+        "scgf", help="SCGF, mean, variance and rate function of an additive observable",
+        description="MODEL is `ring` (current), `two-state` (time in state 1), a saved "
+                    "MarkovChain (.npz, with --observable), or any MAP of `tiltrl solve` "
+                    "(the chain on state-action pairs under the prior, reward observable).",
+    )
+    _add_map_options(p)
+    p.add_argument("--k", default="-1:1:21",
+                   help="tilts: comma list or FROM:TO:COUNT evenly spaced (default "
+                        "-1:1:21); write --k=-2:2:41 when the value starts with a minus")
+    p.add_argument("--a", default=None,
+                   help="points of the rate function I(a), list or FROM:TO:COUNT "
+                        "(default 5 points inside the range of Lambda' on the k grid)")
+    p.add_argument("--n", type=int, default=None, help="ring: sites (default 20)")
+    p.add_argument("--p", type=float, default=None,
+                   help="ring: right step probability (0.4); two-state: flip 0->1 (0.3)")
+    p.add_argument("--q", type=float, default=None,
+                   help="ring: left step probability (0.1); two-state: flip 1->0 (0.2)")
+    p.add_argument("--observable", metavar="FILE.npy", default=None,
+                   help="saved chain: observable values, shape (S,) or (S, S)")
+    p.add_argument("--tol", type=_positive_float, default=1e-12, help="eigen tolerance")
+    p.add_argument("--cloning", type=int, default=None, metavar="N",
+                   help="also estimate Lambda(k) by cloning with population N")
+    p.add_argument("--steps", type=int, default=1000, help="cloning steps per run (1000)")
+    p.add_argument("--runs", type=int, default=10, help="cloning independent runs (10)")
+    p.add_argument("--seed", type=int, default=0, help="cloning seed (default 0)")
+    p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the figure of Lambda(k) and I(a)")
+    p.set_defaults(func=cmd_scgf)
     return parser
 
 

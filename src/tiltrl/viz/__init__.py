@@ -5,7 +5,8 @@
 - :func:`plot_grid_field` — any per-state quantity over a grid world;
 - :func:`plot_policy_and_stationary` — two-panel file: policy over ``V``, stationary map;
 - :func:`plot_sweep` — thermodynamic curves (rates, entropy production, SCGF) vs ``beta``;
-- :func:`plot_learning_curves` — errors of the tabular learners vs steps (mean, 95% interval).
+- :func:`plot_learning_curves` — errors of the tabular learners vs steps (mean, 95% interval);
+- :func:`plot_scgf` — SCGF ``Lambda(k)`` and rate function ``I(a)``, cloning error bars.
 
 Importing this package does not import matplotlib; every function imports it when called
 and raises ImportError with the install hint if it is missing. Figures are
@@ -19,6 +20,7 @@ from tiltrl.viz.grid import (
     plot_grid_solution,
     plot_policy_and_stationary,
 )
+from tiltrl.viz.ld import plot_scgf
 from tiltrl.viz.learning import plot_learning_curves
 from tiltrl.viz.thermo import plot_sweep
 
@@ -29,5 +31,6 @@ __all__ = [
     "plot_grid_field",
     "plot_grid_solution",
     "plot_policy_and_stationary",
+    "plot_scgf",
     "plot_sweep",
 ]

@@ -44,6 +44,7 @@ def plot_sweep(
     path: str | Path | None = None,
     title: str | None = None,
     dpi: int = 150,
+    mc: Any = None,
 ) -> Any:
     """Thermodynamic curves versus ``beta`` (log x axis), three panels.
 
@@ -55,6 +56,10 @@ def plot_sweep(
         their ``dynamics``).
     path
         If given, the figure is also written there (parent folders are created).
+    mc
+        Optional Monte Carlo check ``(betas, energy, stderr)``: the reward per step measured
+        by simulating the optimal process (:func:`tiltrl.ld.simulate_energy`), drawn with
+        two-standard-error bars on the energy curve.
 
     Returns
     -------
@@ -105,6 +110,10 @@ def plot_sweep(
             for ax, y in ((ax_rate, theta), (ax_kl, pkl), (ax_scgf, b * theta)):
                 ax.plot(b[bad], y[bad], "o", ms=9, mfc="none", mec="red", mew=1.3)
 
+    if mc is not None:
+        mb, me, ms = (np.asarray(x, dtype=float) for x in mc)
+        ax_rate.errorbar(mb, me, yerr=2 * ms, fmt="x", color="black", ms=5, capsize=3,
+                         zorder=5, label=r"Monte Carlo $\langle r\rangle$ ($\pm 2$ s.e.)")
     ax_rate.set_title("rates  (gap = T × entropy production)", fontsize=10)
     ax_rate.set_ylabel("reward per step")
     ax_kl.set_title("entropy production", fontsize=10)
