@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_ld.py [--quick] [--only cloning] [--out FILE]
+    .venv/bin/python benchmarks/bench_ld.py [--quick] [--only cloning,exact] [--out FILE]
     .venv/bin/python benchmarks/bench_ld.py --report benchmarks/results/ld.json
 
 One function per section (``SECTIONS``); each returns a JSON-ready dict with its
@@ -31,6 +31,20 @@ Section ``cloning``
     ``|estimate / exact - 1|``, of the reported relative standard error and of the wall
     time. Peak memory: ``tracemalloc`` peak of a separate short run (memory does not grow
     with the number of steps, only the kept log-growth series, ``runs x steps`` floats).
+
+Section ``exact``
+    Exact SCGF over many ``k`` (target: 100 values of ``k`` on a 1e5-state chain in under
+    10 s) by warm-started continuation, ``scgf(chain, f, ks)``, against per-k cold calls
+    ``[scgf(chain, f, k) for k in ks]`` (on a subset of ``k`` when that is slow; the time
+    is then extrapolated and the JSON says so) and against the linear-space peer
+    (explicit ``P_k`` + ARPACK ``eigs(k=1, which="LR")`` per k, restarts capped by
+    ``maxiter``), with the largest ``|difference|`` between the three. Chains: the
+    homogeneous ring ``ring(1e5, 0.3, 0.2)`` (constant Perron vector), a ring with
+    period-10 modulated rates, and the state-action pair chain of
+    ``large_grid(158, 158, slippery=1, hole_fraction=0.05)`` (10 k in [-1, 1]). Run it with
+    ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1`` (set before numpy is imported; the
+    ``setdefault`` in ``main`` comes too late for BLAS): threaded BLAS on a loaded machine
+    made ARPACK ~10x slower.
 """
 
 from __future__ import annotations
@@ -280,9 +294,200 @@ def cloning_table(config: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- exact SCGF
+def modulated_ring(n: int, period: int = 10) -> Any:
+    """Ring of ``n`` sites with period-``period`` modulated rates (``n % period == 0``):
+    ``p_x = 0.3 + 0.1 sin(2 pi x / period)``, ``q_x = 0.2 + 0.05 cos(2 pi x / period)``."""
+    from tiltrl.ld import MarkovChain
+
+    x = np.arange(n)
+    p = 0.3 + 0.1 * np.sin(2 * np.pi * x / period)
+    q = 0.2 + 0.05 * np.cos(2 * np.pi * x / period)
+    rows = np.concatenate([x, x, x])
+    cols = np.concatenate([(x + 1) % n, (x - 1) % n, x])
+    vals = np.concatenate([p, q, 1.0 - p - q])
+    return MarkovChain(sp.csr_matrix((vals, (rows, cols)), shape=(n, n)))
+
+
+def exact_cases(quick: bool) -> list[dict[str, Any]]:
+    import tiltrl
+    from tiltrl.ld import from_mdp
+    from tiltrl.ld.examples import ring, ring_current, ring_scgf
+
+    n = 10_000 if quick else 100_000
+    side = 50 if quick else 158
+    ks_ring = np.linspace(-2.0, 2.0, 20 if quick else 100)
+    ks_grid = np.linspace(-1.0, 1.0, 10)
+    grid, reward = from_mdp(tiltrl.large_grid(side, side, slippery=1, hole_fraction=0.05))
+    return [
+        {"case": "homogeneous ring", "model": f"ring({n}, p=0.3, q=0.2), current",
+         "note": "translation invariant: the Perron vector is constant, so every k is "
+                 "solved from an exact start (warm and cold alike)",
+         "chain": ring(n, 0.3, 0.2), "f": ring_current(n), "ks": ks_ring,
+         "closed_form": ring_scgf(ks_ring, 0.3, 0.2), "repeats": 3,
+         "cold_subset": None, "peer_subset": [0, ks_ring.size // 2 + 1, ks_ring.size - 1],
+         "peer_maxiter": 100},
+        {"case": "modulated ring", "model": f"ring({n}), p_x = 0.3 + 0.1 sin(2 pi x/10), "
+                                            "q_x = 0.2 + 0.05 cos(2 pi x/10), current",
+         "note": "period-10 rates: non-constant Perron vector",
+         "chain": modulated_ring(n), "f": ring_current(n), "ks": ks_ring,
+         "closed_form": None, "repeats": 3,
+         "cold_subset": None, "peer_subset": [0, ks_ring.size // 2 + 1, ks_ring.size - 1],
+         "peer_maxiter": 100},
+        {"case": "grid pair chain",
+         "model": f"from_mdp(large_grid({side}, {side}, slippery=1, hole_fraction=0.05)), "
+                  "reward",
+         "note": "state-action pair chain under the uniform prior; reward r(s,a,s')",
+         "chain": grid, "f": reward, "ks": ks_grid, "closed_form": None, "repeats": 1,
+         "cold_subset": [0, 4, 9] if not quick else None,
+         "peer_subset": list(range(ks_grid.size)), "peer_maxiter": 3000},
+    ]
+
+
+def _arpack_scgf(chain: Any, vals: np.ndarray, k: float, maxiter: int) -> tuple[float, bool]:
+    """The linear-space peer: build ``P_k`` explicitly, ARPACK ``eigs(k=1, which="LR")``."""
+    from scipy.sparse.linalg import ArpackNoConvergence, eigs
+
+    P = chain.P
+    Pk = sp.csr_matrix((P.data * np.exp(k * vals), P.indices, P.indptr), shape=P.shape)
+    try:
+        w = eigs(Pk, k=1, which="LR", maxiter=maxiter, tol=1e-12, return_eigenvectors=False)
+    except ArpackNoConvergence as exc:
+        got = np.asarray(exc.eigenvalues)
+        return (float(np.log(got.real.max())) if got.size else math.nan), False
+    return float(np.log(w.real.max())), True
+
+
+def bench_exact(quick: bool) -> dict[str, Any]:
+    """Exact SCGF over many k: warm-started continuation vs per-k cold solves vs ARPACK."""
+    from tiltrl.ld import scgf, transition_values
+
+    config = {
+        "warm": "scgf(chain, f, ks): one class structure, each k started from the "
+                "extrapolated neighbouring eigenvectors and the last LU",
+        "cold": "[scgf(chain, f, k) for k in ks]: class structure and Newton from h = 0 "
+                "at every k",
+        "peer": "explicit P_k (CSR) + scipy.sparse.linalg.eigs(P_k, k=1, which='LR', "
+                "tol=1e-12), ARPACK, per k; maxiter = restarts cap",
+        "threads": {v: os.environ.get(v) for v in
+                    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+        "timer": "time.perf_counter; medians over repeats; loaded shared machine",
+        "memory": "tracemalloc peak of a separate warm call over the first 3 k (numpy "
+                  "allocations; SuperLU's own factor storage is not traced) and the "
+                  "process peak RSS after the case",
+    }
+    rows: list[dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for case in exact_cases(quick):
+        chain, f, ks = case["chain"], case["f"], case["ks"]
+        vals = transition_values(chain, f)
+        _log(f"[{time.perf_counter() - t_all:6.0f}s] {case['case']}: S={chain.n_states:,}, "
+             f"nnz={chain.P.nnz:,}, {ks.size} k")
+        warm_t, warm = [], np.empty(0)
+        for _ in range(case["repeats"]):
+            t0 = time.perf_counter()
+            warm = np.asarray(scgf(chain, f, ks))
+            warm_t.append(time.perf_counter() - t0)
+        _log(f"    warm {statistics.median(warm_t):.2f} s")
+        sub = case["cold_subset"] or list(range(ks.size))
+        cold_t, cold = [], np.empty(0)
+        for _ in range(case["repeats"]):
+            t0 = time.perf_counter()
+            cold = np.array([scgf(chain, f, float(ks[i])) for i in sub])
+            cold_t.append(time.perf_counter() - t0)
+        cold_med = float(statistics.median(cold_t))
+        cold_per_k = cold_med / len(sub)
+        _log(f"    cold {cold_med:.2f} s on {len(sub)} k")
+        peer_t, peer, peer_ok = [], [], []
+        for i in case["peer_subset"]:
+            t0 = time.perf_counter()
+            val, ok = _arpack_scgf(chain, vals, float(ks[i]), case["peer_maxiter"])
+            peer_t.append(time.perf_counter() - t0)
+            peer.append(val)
+            peer_ok.append(ok)
+        _log(f"    ARPACK {sum(peer_t):.2f} s on {len(peer_t)} k, converged {sum(peer_ok)}")
+        mem = _peak_traced_mb(lambda chain=chain, f=f, ks=ks: scgf(chain, f, ks[:3]))
+        warm_med = float(statistics.median(warm_t))
+        peer_idx = np.asarray(case["peer_subset"])
+        conv = np.asarray(peer_ok, dtype=bool)
+        row = {
+            "case": case["case"], "model": case["model"], "note": case["note"],
+            "states": chain.n_states, "transitions": int(chain.P.nnz),
+            "k_range": [float(ks.min()), float(ks.max())], "n_k": int(ks.size),
+            "repeats": case["repeats"],
+            "warm_time_s": warm_med, "warm_times_s": warm_t,
+            "warm_per_k_s": warm_med / ks.size,
+            "cold_k_measured": len(sub), "cold_time_measured_s": cold_med,
+            "cold_times_s": cold_t, "cold_per_k_s": cold_per_k,
+            "cold_time_s": cold_per_k * ks.size,
+            "cold_extrapolated": len(sub) < ks.size,
+            "cold_over_warm": cold_per_k * ks.size / warm_med,
+            "peer_k_measured": int(peer_idx.size), "peer_maxiter": case["peer_maxiter"],
+            "peer_times_s": peer_t, "peer_per_k_s": float(np.median(peer_t)),
+            "peer_time_s": float(np.median(peer_t)) * ks.size,
+            "peer_extrapolated": peer_idx.size < ks.size,
+            "peer_converged": int(conv.sum()),
+            "max_abs_warm_minus_cold": float(np.max(np.abs(warm[sub] - cold))),
+            "max_abs_warm_minus_peer": (float(np.max(np.abs(warm[peer_idx[conv]]
+                                                            - np.asarray(peer)[conv])))
+                                        if conv.any() else math.nan),
+            "peak_traced_mb": mem,
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "ks": ks, "warm_values": warm, "peer_values": peer,
+        }
+        if case["closed_form"] is not None:
+            row["max_abs_warm_minus_closed_form"] = float(
+                np.max(np.abs(warm - case["closed_form"])))
+        rows.append(row)
+    out: dict[str, Any] = {"config": config, "rows": rows,
+                           "wall_s": time.perf_counter() - t_all}
+    out["targets"] = exact_targets(rows, quick)
+    out["markdown"] = exact_table(rows)
+    return out
+
+
+def exact_targets(rows: list[dict[str, Any]], quick: bool) -> list[str]:
+    lines = []
+    for r in rows:
+        if r["n_k"] < 100 or r["states"] < 100_000:
+            lines.append(f"SKIP  {r['case']}: {r['n_k']} k on {r['states']:,} states "
+                         "(the target is 100 k on 1e5 states)")
+            continue
+        ok = r["warm_time_s"] < 10.0
+        lines.append(
+            f"{'PASS' if ok else 'FAIL'}  {r['case']}: 100 k on {r['states']:,} states in "
+            f"{r['warm_time_s']:.2f} s (target < 10 s), {r['cold_over_warm']:.1f}x faster than "
+            f"cold starts"
+        )
+    return lines
+
+
+def exact_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | states | transitions | k | warm (all k) | warm / k | cold / k | cold / warm "
+        "| ARPACK / k (converged) | max abs diff warm-cold | max abs diff warm-ARPACK "
+        "| traced peak MB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        cold_note = (f" ({r['cold_k_measured']} k measured)" if r["cold_extrapolated"]
+                     else "")
+        lines.append(
+            f"| {r['case']} | {r['states']:,} | {r['transitions']:,} | {r['n_k']} in "
+            f"[{r['k_range'][0]:g}, {r['k_range'][1]:g}] | {_fmt_s(r['warm_time_s'])} | "
+            f"{r['warm_per_k_s']:.3g} s | {r['cold_per_k_s']:.3g} s{cold_note} | "
+            f"{r['cold_over_warm']:.1f}x | {r['peer_per_k_s']:.3g} s "
+            f"({r['peer_converged']}/{r['peer_k_measured']}, maxiter {r['peer_maxiter']}) | "
+            f"{r['max_abs_warm_minus_cold']:.1e} | {r['max_abs_warm_minus_peer']:.1e} | "
+            f"{r['peak_traced_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- driver
 SECTIONS: dict[str, Callable[[bool], dict[str, Any]]] = {
     "cloning": bench_cloning,
+    "exact": bench_exact,
 }
 
 
