@@ -9,7 +9,10 @@ and ``K = 1, 16, 256`` seeds it times ``tiltrl.agents.learn(..., reference=False
 step samples a Boltzmann action from the current soft policy, samples the next state of
 all ``K`` copies of ``7x7holes`` with ``slippery=1`` (stochastic, 196 state-action pairs)
 and applies one update to all ``K`` tables. The figure is aggregate updates per second
-(``K * steps / seconds``), median over ``--repeats`` runs.
+(``K * steps / seconds``), median over ``--repeats`` runs. Two backends of ``learn`` are
+timed: ``numpy`` (one vectorised numpy update per step) and ``numba`` (the optional compiled
+kernel, ``pip install tiltrl[fast]``: blocks of steps of all seeds in one jitted call, the
+same random stream and bit-identical tables); ``numba`` rows are skipped when it is missing.
 
 The peer is a plain per-seed Python loop implementing the same step (Boltzmann action
 from ``pi0 exp(beta Q)``, next state by inverse CDF with ``bisect`` on the row's
@@ -18,8 +21,9 @@ floats and the ``math`` module -- the usual way to write a tabular learner. It r
 seed; a per-seed loop's aggregate rate does not depend on ``K``. Its tables are checked to
 be finite, and both implementations are checked against each other on one seed (same
 transitions -> same table, in ``tests/test_agents.py``). The loop and the vectorised runs
-are interleaved (one of each per repeat, at every ``K``), so a change of machine load
-during the benchmark affects both; the speed-up is the median of the paired ratios.
+are interleaved (one loop run and one run of each backend per repeat, at every ``K``), so a
+change of machine load during the benchmark affects all; the speed-up is the median of the
+paired ratios.
 
 Peak memory: ``tracemalloc`` peak of one extra (untimed) vectorised run at each ``K``.
 """
@@ -57,7 +61,8 @@ def build_model() -> Any:
     return tiltrl.gridworld("7x7holes", slippery=1)
 
 
-def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int) -> float:
+def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int,
+                   backend: str = "numpy") -> float:
     from tiltrl.agents import learn
 
     kw: dict[str, Any] = {"gamma": GAMMA} if algo in ("soft_q", "bounded_soft_q") else {}
@@ -65,7 +70,7 @@ def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int) -> float:
         kw.update(model="given", bounds_every=100)
     t0 = time.perf_counter()
     res = learn(algo, mdp, beta=BETA, steps=steps, seeds=K, seed=seed, reference=False,
-                lr_decay="visits", **kw)
+                lr_decay="visits", backend=backend, **kw)
     elapsed = time.perf_counter() - t0
     if not np.all(np.isfinite(res.q)):
         raise RuntimeError(f"{algo}: non-finite table")
@@ -136,9 +141,9 @@ def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
     return elapsed
 
 
-def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int) -> float:
+def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int, backend: str) -> float:
     tracemalloc.start()
-    run_vectorised(algo, mdp, K, steps, seed=99)
+    run_vectorised(algo, mdp, K, steps, seed=99, backend=backend)
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     return peak
@@ -147,7 +152,14 @@ def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int) -> float:
 def environment() -> dict[str, Any]:
     import scipy
 
+    try:
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
     return {
+        "numba": numba_version,
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "scipy": scipy.__version__,
@@ -171,56 +183,75 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     print(f"model: {mdp!r}; beta={BETA}, gamma={GAMMA} (discounted learners); "
           f"{repeats} repeat(s), median")
+    backends = ["numpy"]
+    try:
+        import numba  # noqa: F401
+
+        backends.append("numba")
+    except ImportError:
+        print("numba not installed: numba rows skipped (pip install tiltrl[fast])")
     for algo in ALGOS:
         for K in SEEDS:
             steps = max(2_000, min(updates // K, 60_000))
-            run_vectorised(algo, mdp, K, min(steps, 2_000), seed=123)  # warm-up
-            # interleaved: each repeat times the loop and the vectorised run back to back,
-            # so a change of machine load hits both (the speed-up is the median of the
-            # paired ratios)
-            times, loop_times = [], []
+            for be in backends:  # warm-up (and the kernel's compilation)
+                run_vectorised(algo, mdp, K, min(steps, 2_000), seed=123, backend=be)
+            # interleaved: each repeat times the loop and every backend back to back, so a
+            # change of machine load hits all (the speed-up is the median of the paired
+            # ratios)
+            times: dict[str, list[float]] = {be: [] for be in backends}
+            loop_times = []
             for i in range(repeats):
                 loop_times.append(run_loop(algo, mdp, loop_steps, seed=i))
-                times.append(run_vectorised(algo, mdp, K, steps, seed=i))
-            t = statistics.median(times)
-            rate = K * steps / t
+                for be in backends:
+                    times[be].append(run_vectorised(algo, mdp, K, steps, seed=i, backend=be))
             loop_rate = loop_steps / statistics.median(loop_times)
-            speedup = statistics.median((K * steps / tv) / (loop_steps / tl)
-                                        for tv, tl in zip(times, loop_times, strict=True))
-            mem = peak_memory_mb(algo, mdp, K, min(steps, 2_000))
-            rec = {
-                "algo": algo, "K": K, "steps": steps, "times_s": times, "median_s": t,
-                "updates_per_s": rate, "loop_updates_per_s": loop_rate,
-                "loop_steps": loop_steps, "loop_times_s": loop_times,
-                "speedup_vs_loop": speedup, "peak_traced_mb": mem,
-                "load_average": list(os.getloadavg()),
-            }
-            results.append(rec)
-            print(f"  {algo:20s} K={K:4d}: {rate:12,.0f} updates/s  loop {loop_rate:10,.0f}/s  "
-                  f"x{speedup:6.1f}  peak {mem:6.1f} MB  load {os.getloadavg()[0]:.1f}",
-                  flush=True)
-    lines = ["", "| learner | K=1 | K=16 | K=256 | per-seed Python loop | K=256 / loop |",
-             "|---|---:|---:|---:|---:|---:|"]
+            for be in backends:
+                t = statistics.median(times[be])
+                rate = K * steps / t
+                speedup = statistics.median(
+                    (K * steps / tv) / (loop_steps / tl)
+                    for tv, tl in zip(times[be], loop_times, strict=True))
+                mem = peak_memory_mb(algo, mdp, K, min(steps, 2_000), be)
+                rec = {
+                    "algo": algo, "backend": be, "K": K, "steps": steps,
+                    "times_s": times[be], "median_s": t, "updates_per_s": rate,
+                    "loop_updates_per_s": loop_rate, "loop_steps": loop_steps,
+                    "loop_times_s": loop_times, "speedup_vs_loop": speedup,
+                    "peak_traced_mb": mem, "load_average": list(os.getloadavg()),
+                }
+                results.append(rec)
+                print(f"  {algo:20s} {be:5s} K={K:4d}: {rate:12,.0f} updates/s  "
+                      f"loop {loop_rate:10,.0f}/s  x{speedup:6.1f}  peak {mem:6.1f} MB  "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+    lines = ["", "| learner | backend | K=1 | K=16 | K=256 | per-seed Python loop | "
+             "K=256 / loop |", "|---|---|---:|---:|---:|---:|---:|"]
     for algo in ALGOS:
-        recs = {r["K"]: r for r in results if r["algo"] == algo}
-        lines.append(
-            f"| {algo} | " + " | ".join(f"{recs[K]['updates_per_s']:,.0f}" for K in SEEDS)
-            + f" | {recs[256]['loop_updates_per_s']:,.0f} | "
-            f"{recs[256]['speedup_vs_loop']:.0f}x |"
-        )
+        for be in backends:
+            recs = {r["K"]: r for r in results if r["algo"] == algo and r["backend"] == be}
+            lines.append(
+                f"| {algo} | {be} | "
+                + " | ".join(f"{recs[K]['updates_per_s']:,.0f}" for K in SEEDS)
+                + f" | {recs[256]['loop_updates_per_s']:,.0f} | "
+                f"{recs[256]['speedup_vs_loop']:.0f}x |"
+            )
     checks = []
     for algo in ALGOS:
-        r = next(x for x in results if x["algo"] == algo and x["K"] == 256)
-        ok = r["updates_per_s"] >= TARGET_RATE and r["speedup_vs_loop"] >= TARGET_SPEEDUP
-        checks.append(f"{'PASS' if ok else 'FAIL'} {algo}: {r['updates_per_s']:,.0f} updates/s "
-                      f"at K=256 (target {TARGET_RATE:,.0f}), {r['speedup_vs_loop']:.0f}x the "
-                      f"loop (target {TARGET_SPEEDUP:.0f}x)")
+        for be in backends:
+            r = next(x for x in results
+                     if x["algo"] == algo and x["K"] == 256 and x["backend"] == be)
+            ok = (r["updates_per_s"] >= TARGET_RATE
+                  and r["speedup_vs_loop"] >= TARGET_SPEEDUP)
+            checks.append(f"{'PASS' if ok else 'FAIL'} {algo} ({be}): "
+                          f"{r['updates_per_s']:,.0f} updates/s at K=256 (target "
+                          f"{TARGET_RATE:,.0f}), {r['speedup_vs_loop']:.0f}x the loop "
+                          f"(target {TARGET_SPEEDUP:.0f}x)")
     print("\n".join(lines))
     print("\n".join(checks))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "meta": {"environment": environment(), "quick": args.quick, "repeats": repeats,
+                 "backends": backends,
                  "model": repr(mdp), "beta": BETA, "gamma": GAMMA,
                  "command": "benchmarks/bench_tabular.py" + (" --quick" if args.quick else "")},
         "results": results, "table": lines, "targets": checks,

@@ -291,3 +291,49 @@ def test_cli_learn(tmp_path, capsys):
     assert main(["--plain", "learn", "soft_q", "7x7holes", "--beta", "1", "--steps", "10",
                  "--gamma", "1.2"]) == 2
     assert "1.2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- compiled backend
+def _random_mdp(S: int, A: int, seed: int) -> tiltrl.TabularMDP:
+    rng = np.random.default_rng(seed)
+    P = rng.random((S, A, S)) ** 3
+    P /= P.sum(axis=2, keepdims=True)
+    prior = rng.random((S, A)) + 0.1
+    prior /= prior.sum(axis=1, keepdims=True)
+    return tiltrl.TabularMDP(P, rng.normal(size=(S, A)), prior)
+
+
+_BACKEND_CASES = [
+    ("soft_q", {"gamma": 0.9}),
+    ("soft_q", {"gamma": 0.9, "lr_decay": "steps", "epsilon": 0.2}),
+    ("soft_q", {"gamma": 0.9, "behaviour": "prior", "lr_decay": "constant", "lr": 0.3}),
+    ("bounded_soft_q", {"gamma": 0.9, "model": "given", "bounds_every": 50}),
+    ("bounded_soft_q", {"gamma": 0.9, "bounds_every": 37}),
+    ("bounded_soft_q", {"gamma": 0.9, "bounds": "naive", "clip": "linear"}),
+    ("bounded_soft_q", {"gamma": 0.9, "model": "given", "clip": "huber", "clip_weight": 0.5}),
+    ("u_learning", {}),
+    ("u_learning", {"lr_decay": "constant", "lr": 0.5, "normalise": (1, 1)}),
+    ("u_learning", {"dynamics": "fixed", "normalise_every": 333}),
+    ("differential_soft_q", {}),
+]
+
+
+@pytest.mark.parametrize(("algo", "kw"), _BACKEND_CASES)
+def test_numba_backend_is_bit_identical_to_numpy(algo, kw):
+    pytest.importorskip("numba")
+    # 7 outcomes per row (comparison search) and 11 (searchsorted); non-uniform prior
+    for mdp in (_random_mdp(7, 3, 0), _random_mdp(11, 2, 1),
+                tiltrl.gridworld("7x7holes", slippery=1)):
+        a, b = (learn(algo, mdp, beta=3.0, steps=1500, seeds=5, seed=4, reference=False,
+                      backend=be, **kw) for be in ("numpy", "numba"))
+        assert a.options["backend"] == "numpy" and b.options["backend"] == "numba"
+        assert np.array_equal(a.q, b.q) and np.array_equal(a.policy, b.policy)
+        assert (a.theta is None) == (b.theta is None)
+        if a.theta is not None:
+            assert np.array_equal(a.theta, b.theta)
+        assert a.stats.get("n_clipped") == b.stats.get("n_clipped")
+
+
+def test_backend_option_is_checked(holes):
+    with pytest.raises(ValueError, match="backend"):
+        learn("soft_q", holes, beta=1.0, gamma=0.5, steps=10, backend="jax")

@@ -206,6 +206,7 @@ def learn(
     initial_q: Any = None,
     eval_steps: Any = None,
     on_eval: Callable[[int, TabularLearner], None] | None = None,
+    backend: str = "auto",
     **options: Any,
 ) -> LearnResult:
     """Run ``seeds`` independent tabular learners in lockstep and compare with the truth.
@@ -264,6 +265,12 @@ def learn(
         be a pair ``(lb, ub)`` of fixed arrays, e.g. composition bounds); U-learning
         ``dynamics`` (``"controlled"``/``"fixed"``), ``normalise`` (``"mean"`` or a pair),
         ``normalise_every``; gymnasium ``terminal`` (``"reset"``/``"cut"``) and make kwargs.
+    backend
+        ``"numpy"``: one vectorised numpy update per step; ``"numba"``: a compiled kernel
+        (:mod:`tiltrl.agents._numba`, needs ``numba``: ``pip install tiltrl[fast]``) runs
+        blocks of steps of all seeds -- the same random stream and the same floating-point
+        operations, so bit-identical tables; ``"auto"`` (default): numba when it is
+        importable and covers the run (a :class:`~tiltrl.mdp.TabularMDP`), else numpy.
 
     Returns
     -------
@@ -292,6 +299,8 @@ def learn(
         raise ValueError(f"behaviour must be 'soft' or 'prior', got {behaviour!r}")
     if not (0.0 <= epsilon <= 1.0):
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+    if backend not in ("auto", "numpy", "numba"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'numba', got {backend!r}")
 
     d_lr, d_decay, d_power, d_tau = _DEFAULT_LR[algo]
     if cls.average_reward and isinstance(mdp, TabularMDP) and not mdp.is_deterministic:
@@ -363,6 +372,8 @@ def learn(
     if ref is None and on_eval is None:
         eval_at = np.array([], dtype=np.int64)
 
+    fast = _fast_backend(backend, learner, sampler)
+
     # ---------------------------------------------------------------- run
     report: Callable[[int, int], None] | None
     report = _progress_printer(steps) if progress is True else (progress or None)
@@ -384,10 +395,21 @@ def learn(
         if next_eval < eval_at.size:
             n = min(n, int(eval_at[next_eval]) - t)
         u = rng.random((n, 3, K))
+        if fast is not None:
+            i = 0
+            while i < n:
+                lim = fast.block_limit(learner)
+                j = n if lim is None else min(n, i + lim)
+                s, e, z = fast.run_block(learner, sampler, u[i:j], s, e, z, soft=soft,
+                                         epsilon=epsilon, cum_prior_T=cum_prior_T)
+                i = j
+            n_done = n
+        else:
+            n_done = 0
         a_block = None
-        if not soft and prior_cols is not None:
+        if not soft and prior_cols is not None and n_done < n:
             a_block = _inverse_cdf_count(prior_cols[:, :, None], u[:, 0, :])
-        for i in range(n):
+        for i in range(n_done, n):
             ui = u[i]
             if soft:
                 # inverse CDF of the soft policy: a = #{j < A-1 : cumsum(e)_j < u sum(e)}
@@ -456,6 +478,7 @@ def learn(
     if not isinstance(run_options.get("bounds", ""), str):
         run_options["bounds"] = "external"
     run_options["initial_q"] = initial_q is not None
+    run_options["backend"] = "numpy" if fast is None else "numba"
     if "reward_range" in run_options:
         run_options["reward_range"] = list(run_options["reward_range"])
     log_u = learner.log_u() if isinstance(learner, ULearner) else None
@@ -466,6 +489,24 @@ def learn(
         log_u=log_u, curves=curves, stats=stats,
         options=_jsonable(run_options), notes=tuple(notes),
     )
+
+
+def _fast_backend(backend: str, learner: TabularLearner, sampler: Any) -> Any:
+    """The compiled backend module, or ``None`` for the numpy path."""
+    if backend == "numpy":
+        return None
+    try:
+        from tiltrl.agents import _numba as fast
+    except ImportError as exc:
+        if backend == "numba":
+            raise ImportError("backend='numba' needs numba (pip install tiltrl[fast])") from exc
+        return None
+    if not fast.supported(learner, sampler):
+        if backend == "numba":
+            raise ValueError("backend='numba' covers TabularMDP runs only (not this one); "
+                             "use backend='numpy'")
+        return None
+    return fast
 
 
 def _inverse_cdf_count(cum: np.ndarray, t: np.ndarray) -> np.ndarray:
