@@ -90,6 +90,7 @@ class ULearner(TabularLearner):
         self.normalise_every = int(normalise_every)
         self.eta = float(theta_lr) / step.lr
         self._lam = np.full(self.K, self.beta * float(theta0))
+        self._lr = float(step.lr)
         with np.errstate(divide="ignore"):
             self._log_lr = float(np.log(step.lr))
             self._log1m_lr = float(np.log1p(-step.lr))
@@ -150,8 +151,10 @@ class ULearner(TabularLearner):
         elif np.ndim(alpha := self._alpha(idx)) == 0:
             if alpha == 1.0:
                 step = delta
-            else:
+            elif alpha == self._lr:
                 step = np.logaddexp(self._log1m_lr, self._log_lr + delta)
+            else:  # a schedule in the total number of steps: this step's own alpha
+                step = np.logaddexp(np.log1p(-alpha), np.log(alpha) + delta)
         else:
             # log((1 - alpha) + alpha e^delta), stable for any delta (log 0 at alpha = 1)
             with np.errstate(divide="ignore"):
