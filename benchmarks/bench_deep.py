@@ -220,9 +220,15 @@ def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]
         policy_kwargs=dict(net_arch=[64, 64]),
     )
     times: dict[str, list[float]] = {a: [] for a in algos if a != "ppo"}  # PPO: on-policy
+    if "dqn" in times:  # SB3 DQN with the fused Adam that tiltrl's agents use by default
+        times["dqn_fused_adam"] = []
     for rep in range(repeats):
         for algo in times:
-            model = ALGOS[algo]("MlpPolicy", gym.make("CartPole-v1"), seed=rep, **common)
+            kw: dict[str, Any] = dict(common)
+            if algo == "dqn_fused_adam":
+                kw["policy_kwargs"] = dict(net_arch=[64, 64], optimizer_kwargs={"fused": True})
+            cls = ALGOS["dqn" if algo == "dqn_fused_adam" else algo]
+            model = cls("MlpPolicy", gym.make("CartPole-v1"), seed=rep, **kw)
             t = time.perf_counter()
             model.learn(steps)
             times[algo].append(steps / (time.perf_counter() - t))
@@ -271,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the equal-train_freq throughput comparison",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other entries of an existing --out file (add/replace ours)",
+    )
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "deep.json")
     args = ap.parse_args(argv)
     th.set_num_threads(1)
@@ -294,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         "eval_every": every,
         "runs": {},
     }
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        results["runs"] = old.get("runs", {})
+        results["throughput"] = old.get("throughput")
+        results["commands"] = [*old.get("commands", [old.get("command")]), results["command"]]
     for env_id in [] if args.throughput_only else envs:
-        results["runs"][env_id] = {}
+        results["runs"].setdefault(env_id, {})
         for algo in algos:
             runs = []
             for seed in range(seeds):
@@ -312,14 +329,17 @@ def main(argv: list[str] | None = None) -> int:
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
-    results["throughput"] = throughput(algos, tp_steps)
+    if not args.skip_throughput:
+        results["throughput"] = throughput(algos, tp_steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))
-    print(
-        "throughput (CartPole-v1, train_freq=1, gradient_steps=1, batch 64, MLP 2x64):",
-        {k: round(v) for k, v in results["throughput"]["steps_per_s_median"].items()},
-    )
+    tp = results.get("throughput") or {}
+    if "steps_per_s_median" in tp:
+        print(
+            "throughput (CartPole-v1, train_freq=1, gradient_steps=1, batch 64, MLP 2x64):",
+            {k: round(v) for k, v in tp["steps_per_s_median"].items()},
+        )
     return 0
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch as th
 from torch.nn import functional as F
 
@@ -82,12 +81,11 @@ class BoundedSoftDQN(SoftDQN):
             self._setup_model()
 
     def _bounds(
-        self, net: Any, data: Any, q_sa: th.Tensor
+        self, data: Any, q_sa: th.Tensor, q_next: th.Tensor, log_prior_next: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``(T Q, lb, ub)`` on the batch for the Q of ``net`` (``q_sa`` its taken-action Q)."""
-        v_next = soft_value(
-            net(data.next_observations), self.policy.prior_logits(data.next_observations), self.beta
-        ).reshape(-1, 1)
+        """``(T Q, lb, ub)`` on the batch for one network's Q (taken-action ``q_sa``,
+        next-state ``q_next``)."""
+        v_next = soft_value(q_next, log_prior_next, self.beta).reshape(-1, 1)
         cont = (1.0 - data.dones) * self.gamma
         tq = data.rewards + cont * v_next
         lower, upper = bellman_bound_offsets(tq - q_sa, self.gamma)
@@ -96,22 +94,38 @@ class BoundedSoftDQN(SoftDQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        stats: dict[str, list[float]] = {
+        stats: dict[str, list[th.Tensor]] = {
             k: [] for k in ("loss", "penalty", "target_clip", "q_clip", "inverted", "gap", "q")
         }
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            q_all = self.q_net(data.observations)
-            q = th.gather(q_all, 1, data.actions.long())
+            obs, nxt = data.observations, data.next_observations
+            actions = data.actions.long()
+            fused = isinstance(obs, th.Tensor)  # one pass over s and s' per network
+            n = data.rewards.shape[0]
+            if fused:
+                q_both = self.q_net(th.cat([obs, nxt]))
+                q_all, q_next_o = q_both[:n], q_both[n:].detach()
+            else:  # dict observations
+                q_all = self.q_net(obs)
+                with th.no_grad():
+                    q_next_o = self.q_net(nxt)
+            q = th.gather(q_all, 1, actions)
             with th.no_grad():
-                q_t = th.gather(self.q_net_target(data.observations), 1, data.actions.long())
-                target, lb_t, ub_t = self._bounds(self.q_net_target, data, q_t)
-                _, lb_o, ub_o = self._bounds(self.q_net, data, q.detach())
+                if fused:
+                    qt_both = self.q_net_target(th.cat([obs, nxt]))
+                    qt_all, q_next_t = qt_both[:n], qt_both[n:]
+                else:
+                    qt_all, q_next_t = self.q_net_target(obs), self.q_net_target(nxt)
+                log_prior_next = self.policy.prior_logits(nxt)
+                q_t = th.gather(qt_all, 1, actions)
+                target, lb_t, ub_t = self._bounds(data, q_t, q_next_t, log_prior_next)
+                _, lb_o, ub_o = self._bounds(data, q.detach(), q_next_o, log_prior_next)
                 lb = th.maximum(lb_t, lb_o)
                 ub = th.minimum(ub_t, ub_o)
                 inverted = lb > ub
-                lb = th.where(inverted, th.full_like(lb, -th.inf), lb)
-                ub = th.where(inverted, th.full_like(ub, th.inf), ub)
+                lb = lb.masked_fill(inverted, -th.inf)
+                ub = ub.masked_fill(inverted, th.inf)
                 outside_t = (target < lb) | (target > ub)
                 outside_q = (q.detach() < lb) | (q.detach() > ub)
                 if self.clip in ("hard", "both"):
@@ -125,22 +139,25 @@ class BoundedSoftDQN(SoftDQN):
             loss.backward()
             th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
             self.policy.optimizer.step()
-            valid = ~inverted
-            stats["loss"].append(loss.item())
-            stats["penalty"].append(pen.item())
-            stats["target_clip"].append(outside_t.float().mean().item())
-            stats["q_clip"].append(outside_q.float().mean().item())
-            stats["inverted"].append(inverted.float().mean().item())
-            stats["gap"].append((ub - lb)[valid].mean().item() if valid.any() else float("nan"))
-            stats["q"].append(q.mean().item())
+            with th.no_grad():
+                valid = ~inverted
+                gap = (ub - lb)[valid]
+                stats["loss"].append(loss.detach())
+                stats["penalty"].append(pen.detach())
+                stats["target_clip"].append(outside_t.float().mean())
+                stats["q_clip"].append(outside_q.float().mean())
+                stats["inverted"].append(inverted.float().mean())
+                stats["gap"].append(gap.mean() if gap.numel() else th.tensor(float("nan")))
+                stats["q"].append(q.detach().mean())
+        means = {k: th.stack(v).float() for k, v in stats.items()}
         self._n_updates += gradient_steps
         rec = self.logger.record
         rec("train/n_updates", self._n_updates, exclude="tensorboard")
-        rec("train/loss", float(np.mean(stats["loss"])))
-        rec("train/penalty", float(np.mean(stats["penalty"])))
-        rec("train/q_mean", float(np.mean(stats["q"])))
-        rec("train/target_clip_rate", float(np.mean(stats["target_clip"])))
-        rec("train/q_clip_rate", float(np.mean(stats["q_clip"])))
-        rec("train/bounds_inverted", float(np.mean(stats["inverted"])))
-        gaps = [g for g in stats["gap"] if np.isfinite(g)]
-        rec("train/bound_gap", float(np.mean(gaps)) if gaps else float("nan"))
+        rec("train/loss", means["loss"].mean().item())
+        rec("train/penalty", means["penalty"].mean().item())
+        rec("train/q_mean", means["q"].mean().item())
+        rec("train/target_clip_rate", means["target_clip"].mean().item())
+        rec("train/q_clip_rate", means["q_clip"].mean().item())
+        rec("train/bounds_inverted", means["inverted"].mean().item())
+        gaps = means["gap"][th.isfinite(means["gap"])]
+        rec("train/bound_gap", gaps.mean().item() if gaps.numel() else float("nan"))

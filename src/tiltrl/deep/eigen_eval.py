@@ -143,7 +143,7 @@ class EVAL(SoftDQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        stats: dict[str, list[float]] = {k: [] for k in ("loss", "theta_hat", "m", "log_u", "kl")}
+        stats: dict[str, list[Any]] = {k: [] for k in ("loss", "theta_hat", "m", "log_u", "kl")}
         beta = self.beta
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -169,9 +169,7 @@ class EVAL(SoftDQN):
                     log_u_t = self.q_net_target(obs)
                     log_chi_t = self._log_chi(log_u_t, obs)
                     log_chi_next = self._log_chi(self.q_net_target(nxt), nxt)
-                cont = th.where(
-                    done, th.full_like(log_chi_next, self.terminal_log_chi), log_chi_next
-                )
+                cont = log_chi_next.masked_fill(done, self.terminal_log_chi)
                 log_ratio = beta * r + cont - log_u_t.gather(1, actions).view(-1)
                 if self.dynamics == "fixed":
                     log_rho_hat = log_ratio.mean()
@@ -180,7 +178,7 @@ class EVAL(SoftDQN):
                 theta_hat = float(log_rho_hat.item()) / beta
                 if not math.isfinite(self.theta):
                     self.theta = theta_hat
-                m = log_chi_t.mean() if self.scale == "mean" else th.zeros(())
+                m = log_chi_t.mean() if self.scale == "mean" else th.zeros((), device=r.device)
                 y = beta * (r - self.theta) + cont - m
                 if self.log_u_clip is not None:
                     y = y.clamp(-self.log_u_clip, self.log_u_clip)
@@ -198,18 +196,18 @@ class EVAL(SoftDQN):
             self.theta += self.theta_lr * (theta_hat - self.theta)
             if self.prior_optimizer is not None:
                 stats["kl"].append(self._prior_step(obs))
-            stats["loss"].append(loss.item())
+            stats["loss"].append(loss.detach())
             stats["theta_hat"].append(theta_hat)
-            stats["m"].append(float(m))
-            stats["log_u"].append(log_u_sa.mean().item())
+            stats["m"].append(m)
+            stats["log_u"].append(log_u_sa.detach().mean())
         self._n_updates += gradient_steps
         rec = self.logger.record
         rec("train/n_updates", self._n_updates, exclude="tensorboard")
-        rec("train/loss", float(np.mean(stats["loss"])))
+        rec("train/loss", th.stack(stats["loss"]).mean().item())
         rec("train/theta", self.theta)
         rec("train/theta_batch", float(np.mean(stats["theta_hat"])))
-        rec("train/log_u_scale", float(np.mean(stats["m"])))
-        rec("train/log_u_mean", float(np.mean(stats["log_u"])))
+        rec("train/log_u_scale", th.stack(stats["m"]).float().mean().item())
+        rec("train/log_u_mean", th.stack(stats["log_u"]).mean().item())
         if stats["kl"]:
             rec("train/prior_kl", float(np.mean(stats["kl"])))
 

@@ -86,7 +86,12 @@ class BatchedLinear(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """``K`` MLPs evaluated as one network; ``forward(x: (B,i)) -> (B, K, o)``."""
+    """``K`` MLPs evaluated as one network; ``forward(x: (B,i)) -> (B, K, o)``.
+
+    The first layer, whose input all heads share, is one ``(i, K*h)`` matmul; the later
+    layers are per-head batched matmuls (``baddbmm``). Each head is initialised like an
+    ``nn.Linear`` stack.
+    """
 
     def __init__(
         self,
@@ -98,17 +103,21 @@ class EnsembleMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.n_heads = int(n_heads)
-        sizes = [in_features, *net_arch, out_features]
+        sizes = [*net_arch, out_features]
+        self.first_width = sizes[0]
+        bound = 1.0 / math.sqrt(in_features)
+        self.first = nn.Linear(in_features, n_heads * sizes[0])
+        nn.init.uniform_(self.first.weight, -bound, bound)
+        nn.init.uniform_(self.first.bias, -bound, bound)
         layers: list[nn.Module] = []
-        for i in range(len(sizes) - 1):
-            layers.append(BatchedLinear(n_heads, sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(activation_fn())
-        self.layers = nn.Sequential(*layers)
+        for j in range(len(sizes) - 1):
+            layers.append(activation_fn())
+            layers.append(BatchedLinear(n_heads, sizes[j], sizes[j + 1]))
+        self.rest = nn.Sequential(*layers)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        h = x.unsqueeze(0).expand(self.n_heads, *x.shape)
-        return self.layers(h).transpose(0, 1)
+        h = self.first(x).view(x.shape[0], self.n_heads, self.first_width).transpose(0, 1)
+        return self.rest(h).transpose(0, 1)
 
 
 def aggregate(heads: th.Tensor, how: str) -> th.Tensor:
