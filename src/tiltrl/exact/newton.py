@@ -82,13 +82,39 @@ def _evaluation_matrix(
     return sp.csc_matrix((all_vals, (all_rows, all_cols)), shape=(n, n))
 
 
+class _EvaluationOperator:
+    """``A = I - K`` with column ``ref`` replaced by ones, applied from the COO triplets of
+    ``K``; the sparse matrix is only assembled when a factorisation needs it (chord steps
+    need products only, and assembling costs as much as several products)."""
+
+    def __init__(self, kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
+                 ref: int) -> None:
+        self.kernel, self.n, self.ref = kernel, n, ref
+        self._csc: sp.csc_matrix | None = None
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        rows, cols, vals = self.kernel
+        # (I - K) x, then swap column ref of (I - K) for a column of ones
+        kx = np.bincount(rows, weights=vals * x[cols], minlength=self.n)
+        at_ref = cols == self.ref
+        k_ref = np.bincount(rows[at_ref], weights=vals[at_ref], minlength=self.n)
+        out = x - kx + (k_ref + 1.0) * x[self.ref]
+        out[self.ref] -= x[self.ref]
+        return out
+
+    def csc(self) -> sp.csc_matrix:
+        if self._csc is None:
+            self._csc = _evaluation_matrix(self.kernel, self.n, self.ref)
+        return self._csc
+
+
 def _precision_floor(h: np.ndarray, beta: float) -> float:
     """Smallest relative residual double precision can certify: log-space values of size
     ``beta*|h|`` carry absolute rounding errors of ``eps*beta*|h|`` each."""
     return float(64 * np.finfo(float).eps * max(1.0, beta * float(np.max(np.abs(h)))))
 
 
-def _chord_step(A: sp.csc_matrix, b: np.ndarray, lu: Any) -> np.ndarray | None:
+def _chord_step(A: _EvaluationOperator, b: np.ndarray, lu: Any) -> np.ndarray | None:
     """Chord step ``x = LU_old^{-1} b``: two triangular solves instead of a new LU.
 
     Whether it is kept is decided on the nonlinear residual by the caller.
@@ -109,6 +135,7 @@ def newton_average(
     max_iter: int,
     progress: Callable[[int, float], None] | None = None,
     lu0: Any = None,
+    max_blowups: int | None = None,
 ) -> NewtonResult:
     """Solve ``h + theta = T h`` (``h[ref]`` fixed) by Newton / soft policy iteration.
 
@@ -123,6 +150,11 @@ def newton_average(
     against the current Jacobian) and keeps it only if it halves the residual; otherwise
     the step is redone with a fresh factorisation.
 
+    ``max_blowups`` stops the run after that many consecutive exact steps whose residual is
+    astronomically large (``> 1e250``, i.e. the overflow clip): a linearised step that
+    overshot by hundreds of log units, as on localised Perron vectors, from which the
+    caller has a better fallback. ``None`` keeps going (soft policy iteration can recover).
+
     ``lu0`` is an LU of a nearby evaluation matrix of the same size (e.g. from the previous
     point of a continuation in a parameter): chord steps start from it at once.
 
@@ -136,13 +168,14 @@ def newton_average(
     lu = lu0
     factorisations = 0
     chord_allowed = True
+    blowups = 0
     Th, kernel = evaluate(h)
     theta, lo, hi, resid = relative_residual(Th - h, beta)
     while resid >= tol and it < max_iter and np.isfinite(resid):
         if progress is not None:
             progress(it, resid)
         b = Th - h
-        A = _evaluation_matrix(kernel, n, ref)
+        A = _EvaluationOperator(kernel, n, ref)
         x = None
         # on large models, reuse the last LU once Newton is in its fast local regime;
         # small models refactorise every step (exact Newton, quadratic convergence)
@@ -151,13 +184,13 @@ def newton_average(
         chord = x is not None
         if x is None:
             try:
-                lu = splu(A)
+                lu = splu(A.csc())
             except RuntimeError:
                 # numerically several recurrent classes (policy probabilities underflow at
                 # huge beta): evaluate with a discount 1 - 1e-10 instead, which picks one
                 # solution of the singular system; the next improvement step merges them
                 try:
-                    lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(n)))
+                    lu = splu(sp.csc_matrix(A.csc() + 1e-10 * sp.identity(n)))
                 except RuntimeError as exc:
                     note = f"policy evaluation singular ({exc}); stopped"
                     break
@@ -192,6 +225,10 @@ def newton_average(
         stalled = trial[3] > 0.5 * resid
         h, Th, kernel = h_try, Th_try, kernel_try
         theta, lo, hi, resid = trial
+        blowups = blowups + 1 if resid > 1e250 else 0
+        if max_blowups is not None and blowups >= max_blowups:
+            note = f"residual overflowed in {blowups} consecutive steps; stopped"
+            break
         floor = _precision_floor(h, beta)
         if stalled and resid < floor:
             note = (

@@ -183,10 +183,14 @@ class _ClassSolver:
     def _best_start(self, k: float, evaluate: Any) -> np.ndarray:
         """The extrapolated start, the last solution or zero, whichever has the narrowest
         Collatz-Wielandt bracket (extrapolation misleads where the vector localises)."""
-        candidates = [self._start(k)]
-        if self.history:
-            candidates += [self.history[-1][1], np.zeros(self.states.size)]
-        widths = [float(np.ptp(evaluate(h)[0] - h)) for h in candidates]
+        start = self._start(k)
+        if not self.history:
+            return start
+        width = float(np.ptp(evaluate(start)[0] - start))
+        if width < 1e-2:  # the usual case on a smooth branch: nothing to compare
+            return start
+        candidates = [start, self.history[-1][1], np.zeros(self.states.size)]
+        widths = [width] + [float(np.ptp(evaluate(h)[0] - h)) for h in candidates[1:]]
         return candidates[int(np.argmin(widths))]
 
     def log_root(self, k: float, log_entries: np.ndarray, tol: float) -> tuple[float, bool]:
@@ -201,7 +205,7 @@ class _ClassSolver:
         # linearised step overshoots, and the monotone Noda iteration takes over until
         # Newton's local regime, then Newton finishes
         res = newton_average(evaluate, h0, ref=0, beta=1.0, tol=tol, max_iter=_NEWTON_TRIES,
-                             lu0=self.lu)
+                             lu0=self.lu, max_blowups=2)
         if not res.converged:
             res = noda_perron(kernel, h0, tol=max(tol, _NODA_HANDOVER), max_iter=_NODA_MAX)
             res = self._polish(evaluate, kernel, res, tol)
@@ -217,7 +221,7 @@ class _ClassSolver:
         if res.converged and res.residual < tol:
             return res
         newton = newton_average(evaluate, res.h, ref=0, beta=1.0, tol=tol,
-                                max_iter=_NEWTON_TRIES)
+                                max_iter=_NEWTON_TRIES, max_blowups=2)
         if newton.converged:
             newton.iterations += res.iterations
             return newton
@@ -225,8 +229,9 @@ class _ClassSolver:
         return noda_perron(kernel, res.h, tol=tol, max_iter=_NODA_MAX)
 
 
-#: Newton iterations tried before falling back to Noda (a good start needs <= 6)
-_NEWTON_TRIES = 8
+#: Newton iterations (chord steps included) before falling back to Noda; a run that
+#: overshoots is stopped much earlier by its overflowing residual (``max_blowups``)
+_NEWTON_TRIES = 60
 #: Noda runs until this relative residual, then hands over to Newton (whose basin is
 #: tiny where the Perron vector is ill-conditioned)
 _NODA_HANDOVER = 1e-8
