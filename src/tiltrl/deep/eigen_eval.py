@@ -61,7 +61,11 @@ class EVAL(SoftDQN):
       theta_lr: step size of the theta estimate; theta_init: initial theta (``None``:
         the first batch estimate).
       dynamics: ``"fixed"`` (log-space loss) or ``"controlled"`` (u-space loss).
-      scale: ``"mean"`` or ``"terminal"`` (how the scale of log u is fixed).
+      scale: ``"mean"`` or ``"terminal"`` (how the scale of log u is fixed). ``"mean"``
+        is well posed for continuing tasks; for episodic tasks whose termination is a
+        failure (CartPole) use ``"terminal"`` (the published choice): with ``"mean"`` a
+        terminal state with ``terminal_log_chi=0`` is worth an average state, which removes
+        most of the incentive to survive (measured: CartPole stays near 10-50).
       terminal_log_chi: ``log chi`` of the state after a terminal transition.
       log_u_clip: optional clamp ``|y| <= log_u_clip`` on the targets.
       learned_prior, prior_lr: posterior policy iteration.
