@@ -37,11 +37,8 @@ resident memory (``ru_maxrss``) belongs to that run alone.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -55,6 +52,9 @@ import numpy as np
 import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import clean, environment  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "exact.json"
 
 #: Published cost rates ``-theta`` on 7x7holes (min_reward -1.5), shared/REFERENCES.md.
@@ -517,21 +517,8 @@ def run_single(spec: dict[str, Any], mdp: Any = None) -> dict[str, Any]:
     return rec
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become the strings 'inf', '-inf', 'nan'."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)
-    return x
-
-
 def _num(x: Any) -> float:
-    """Inverse of _clean for one number (None -> nan)."""
+    """Inverse of clean for one number (None -> nan)."""
     if x is None:
         return math.nan
     return float(x)
@@ -824,40 +811,6 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def environment() -> dict[str, Any]:
-    import scipy
-
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    try:
-        import tiltrl
-
-        info["tiltrl"] = tiltrl.__version__
-    except Exception as exc:  # report, do not crash the header
-        info["tiltrl"] = f"import failed: {exc}"
-    src = HERE.parent / "src" / "tiltrl"
-    if src.is_dir():  # the solver may be uncommitted: fingerprint the sources measured
-        digest = hashlib.sha256()
-        for f in sorted(src.rglob("*.py")):
-            digest.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes())
-        info["tiltrl_source_sha256"] = digest.hexdigest()[:16]
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=HERE, timeout=10,
-        ).stdout.strip()
-    except Exception:
-        info["git_commit"] = None
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
@@ -883,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.single is not None:
         rec = run_single(json.loads(args.single))
-        print("RESULT " + json.dumps(_clean(rec)), flush=True)
+        print("RESULT " + json.dumps(clean(rec)), flush=True)
         return 0
 
     cap = args.cap if args.cap is not None else (30.0 if args.quick else 50.0)
@@ -925,12 +878,12 @@ def main(argv: list[str] | None = None) -> int:
             f"it={rec.get('iterations', '-')} theta={_num(rec.get('theta')):.9g}",
             file=sys.stderr, flush=True,
         )
-        args.out.write_text(json.dumps(_clean({"meta": meta, "runs": results}), indent=1))
+        args.out.write_text(json.dumps(clean({"meta": meta, "runs": results}), indent=1))
     derive(results)
     lines = targets(results)
     meta["total_wall_s"] = time.perf_counter() - t_all
     args.out.write_text(
-        json.dumps(_clean({"meta": meta, "targets": lines, "runs": results}), indent=1)
+        json.dumps(clean({"meta": meta, "targets": lines, "runs": results}), indent=1)
     )
     text = report(meta, results, lines, args.out)
     args.out.with_suffix(".md").write_text(text + "\n")

@@ -50,14 +50,11 @@ Section ``exact``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -69,6 +66,9 @@ import numpy as np
 import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import clean, environment  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "ld.json"
 QUICK_OUT = HERE / "results" / "ld_quick.json"
 
@@ -77,49 +77,6 @@ TARGET_N = 10_000
 
 
 # --------------------------------------------------------------------------- helpers
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to strings."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)
-    return x
-
-
-def environment() -> dict[str, Any]:
-    import scipy
-
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    src = HERE.parent / "src" / "tiltrl"
-    if src.is_dir():  # the code measured may be uncommitted: fingerprint it
-        digest = hashlib.sha256()
-        for f in sorted(src.rglob("*.py")):
-            digest.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes())
-        info["tiltrl_source_sha256"] = digest.hexdigest()[:16]
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=HERE, timeout=10,
-        ).stdout.strip()
-    except Exception:
-        info["git_commit"] = None
-    return info
-
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -544,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         data["sections"][name] = SECTIONS[name](args.quick)
         data["meta"]["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out_path.write_text(json.dumps(_clean(data), indent=1))
+        out_path.write_text(json.dumps(clean(data), indent=1))
     text = report(data, out_path)
     out_path.with_suffix(".md").write_text(text + "\n")
     print(text)

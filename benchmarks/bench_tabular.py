@@ -35,7 +35,6 @@ import bisect
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -47,6 +46,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import environment  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "tabular.json"
 ALGOS = ("soft_q", "bounded_soft_q", "u_learning", "differential_soft_q")
 SEEDS = (1, 16, 256)
@@ -147,26 +149,6 @@ def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int, backend: str) -> flo
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     return peak
-
-
-def environment() -> dict[str, Any]:
-    import scipy
-
-    try:
-        import numba
-
-        numba_version = numba.__version__
-    except ImportError:
-        numba_version = None
-    return {
-        "numba": numba_version,
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
