@@ -9,6 +9,10 @@ Subcommands::
     tiltrl learn ALGO MAP --beta B ...  tabular learners vs the exact solution (curves)
     tiltrl compose MAP --task CELLS ... zero-shot composition of solved sub-tasks + bounds
     tiltrl scgf MODEL --k LIST ...      SCGF, mean, variance, rate function (+ cloning)
+    tiltrl train ALGO ENV --steps N ... deep agent on a gymnasium env (extra ``deep``)
+    tiltrl eval CHECKPOINT --episodes N mean / std / IQM return of a trained agent
+    tiltrl plot-curves RUN_DIR ... --out learning curves over seeds (mean + interval)
+    tiltrl render CHECKPOINT --out GIF  rendered frame and the agent's view, side by side
 
 ``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
 row per line, ``#`` comments allowed), rows given inline separated by commas
@@ -1218,7 +1222,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the figure of Lambda(k) and I(a)")
     p.set_defaults(func=cmd_scgf)
+    _add_deep_commands(sub)
     return parser
+
+
+def _deep(name: str) -> Callable[[argparse.Namespace, Output], int]:
+    """A command of :mod:`tiltrl.deep.cli`, imported (with torch) only when it runs."""
+
+    def run(args: argparse.Namespace, out: Output) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module("tiltrl.deep.cli"), name)(args, out))
+
+    return run
+
+
+def _add_deep_commands(sub: Any) -> None:
+    """``train``, ``eval``, ``plot-curves``, ``render`` (extra ``deep``; torch is imported
+    only when one of them runs)."""
+    algos = ("eval", "softdqn", "bounded", "dqn", "ppo")
+    p = sub.add_parser(
+        "train", help="train a deep agent on a gymnasium env (extra 'deep')",
+        description="Hyperparameters: --config, else benchmarks/hyperparams/ALGO_ENV.yml of "
+                    "the repository when it exists, else the class defaults. Writes "
+                    "OUT/model.zip, OUT/run.json and OUT/progress.csv (+ TensorBoard "
+                    "events when tensorboard is installed).",
+    )
+    p.add_argument("algo", choices=algos, metavar="ALGO", help=" | ".join(algos))
+    p.add_argument("env", metavar="ENV", help="gymnasium id, e.g. CartPole-v1")
+    p.add_argument("--steps", type=int, default=None,
+                   help="environment steps (default: n_timesteps of the YAML, else 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--config", metavar="FILE.yaml", default=None,
+                   help="RL Zoo-style hyperparameters (n_timesteps, policy, n_envs, kwargs)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="run directory (default runs/ALGO_ENV_sSEED)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, fastest for small MLPs; 0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_deep("cmd_train"))
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint of `tiltrl train` (extra 'deep')")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run directory or its model.zip")
+    p.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED + i")
+    p.add_argument("--env", default=None, help="env id (default: the training env)")
+    p.add_argument("--stochastic", action="store_true",
+                   help="sample actions (default: deterministic / greedy)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_deep("cmd_eval"))
+
+    p = sub.add_parser("plot-curves", help="learning curves of `tiltrl train` runs over seeds")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", required=True, metavar="FIG.png", help="figure file")
+    p.add_argument("--interval", choices=("ci95", "std", "minmax"), default="ci95",
+                   help="band over seeds: 95%% CI of the mean (default), ±1 std, min-max")
+    p.add_argument("--title", default=None, help="figure title")
+    p.set_defaults(func=_deep("cmd_plot_curves"))
+
+    p = sub.add_parser(
+        "render", help="GIF of a trained agent: rendered frame and the agent's view",
+        description="Side by side: the human view (env.render(), needs pygame for classic "
+                    "control) and the agent's view (observation, action probabilities, "
+                    "and for EVAL log u and theta).",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run directory or its model.zip")
+    p.add_argument("--out", required=True, metavar="AGENT.gif", help="GIF file")
+    p.add_argument("--steps", type=int, default=200, help="frames (default 200)")
+    p.add_argument("--fps", type=int, default=20, help="frames per second (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="reset seed (default 0)")
+    p.add_argument("--env", default=None, help="env id (default: the training env)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions")
+    p.add_argument("--one-episode", action="store_true", help="stop at the first episode end")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=_deep("cmd_render"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
