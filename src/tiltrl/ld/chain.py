@@ -78,7 +78,31 @@ def _load(path: str | Path, kind: str) -> tuple[sp.csr_matrix, np.ndarray]:
         return M, np.array(z["initial"])
 
 
-class MarkovChain:
+class _SparseProcess:
+    """What chains and jump processes share: a frozen CSR matrix whose pattern is the
+    support of the moves, the row of each non-zero, and the initial law."""
+
+    def __init__(self, M: sp.csr_matrix, initial: Any) -> None:
+        self._M = _freeze(M)
+        self._initial = _initial_law(initial, M.shape[0])
+        self._rows = np.repeat(np.arange(M.shape[0]), np.diff(M.indptr))
+        self._rows.setflags(write=False)
+
+    @property
+    def n_states(self) -> int:
+        return int(self._M.shape[0])
+
+    @property
+    def initial(self) -> np.ndarray:
+        return self._initial
+
+    @property
+    def row_index(self) -> np.ndarray:
+        """Source state of each non-zero of the matrix (aligned with its ``data``)."""
+        return self._rows
+
+
+class MarkovChain(_SparseProcess):
     """A validated discrete-time Markov chain ``P[x, y] = P(X_{t+1} = y | X_t = x)``.
 
     Parameters
@@ -108,10 +132,8 @@ class MarkovChain:
                 f"(tolerance {PROB_TOL:g}); tiltrl never renormalises"
             )
         csr.eliminate_zeros()
-        self._P = _freeze(csr)
-        self._initial = _initial_law(initial, csr.shape[0])
-        self._rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
-        self._rows.setflags(write=False)
+        super().__init__(csr, initial)
+        self._P = self._M
         self._cumulative: np.ndarray | None = None
 
     # ------------------------------------------------------------------ accessors
@@ -119,19 +141,6 @@ class MarkovChain:
     def P(self) -> sp.csr_matrix:
         """Transitions, CSR ``(S, S)`` (read-only arrays; pattern = support)."""
         return self._P
-
-    @property
-    def n_states(self) -> int:
-        return int(self._P.shape[0])
-
-    @property
-    def initial(self) -> np.ndarray:
-        return self._initial
-
-    @property
-    def row_index(self) -> np.ndarray:
-        """Source state of each non-zero of ``P`` (aligned with ``P.data``)."""
-        return self._rows
 
     def with_initial(self, initial: Any) -> MarkovChain:
         return MarkovChain(self._P, initial)
@@ -236,7 +245,7 @@ def _row_search(
     return np.asarray(lo - indptr[rows])
 
 
-class JumpProcess:
+class JumpProcess(_SparseProcess):
     """A continuous-time Markov jump process with rates ``W[x, y]`` (``x != y``).
 
     Parameters
@@ -252,7 +261,6 @@ class JumpProcess:
 
     def __init__(self, rates: Any, initial: Any = None) -> None:
         csr = _square_csr(rates, "rates")
-        S = csr.shape[0]
         diag = csr.diagonal()
         off = sp.csr_matrix(csr - sp.diags(diag))
         off.eliminate_zeros()
@@ -269,12 +277,10 @@ class JumpProcess:
                 f"rates[{x}, {x}] = {float(diag[x])!r} must be 0 or minus the escape rate "
                 f"{float(escape[x])!r} of state {x}"
             )
-        self._W = _freeze(off)
+        super().__init__(off, initial)
+        self._W = self._M
         self._escape = escape
         self._escape.setflags(write=False)
-        self._initial = _initial_law(initial, S)
-        self._rows = np.repeat(np.arange(S), np.diff(off.indptr))
-        self._rows.setflags(write=False)
 
     @property
     def rates(self) -> sp.csr_matrix:
@@ -289,19 +295,6 @@ class JumpProcess:
     @property
     def generator(self) -> sp.csr_matrix:
         return sp.csr_matrix(self._W - sp.diags(self._escape))
-
-    @property
-    def n_states(self) -> int:
-        return int(self._W.shape[0])
-
-    @property
-    def initial(self) -> np.ndarray:
-        return self._initial
-
-    @property
-    def row_index(self) -> np.ndarray:
-        """Source state of each non-zero of ``rates`` (aligned with ``rates.data``)."""
-        return self._rows
 
     def uniformised(self, c: float) -> MarkovChain:
         """The chain ``I + G / c`` (needs ``c >= max escape``): same stationary law."""
