@@ -334,6 +334,28 @@ def test_numba_backend_is_bit_identical_to_numpy(algo, kw):
         assert a.stats.get("n_clipped") == b.stats.get("n_clipped")
 
 
+def test_numba_given_model_refresh_is_bit_identical_to_numpy():
+    nb = pytest.importorskip("tiltrl.agents._numba")
+    for i, mdp in enumerate((_random_mdp(7, 3, 0), _random_mdp(11, 2, 1),
+                             tiltrl.gridworld("7x7holes", slippery=1))):
+        pair = [BoundedSoftQLearner(mdp.n_states, mdp.n_actions, 5, 3.0, np.asarray(mdp.prior),
+                                    StepSize(0.5), gamma=0.9, model=mdp, model_kind="given")
+                for _ in range(2)]
+        rng = np.random.default_rng(i)
+        for it in range(12):  # repeated refreshes: some columns change, some do not
+            change = rng.random(pair[0].table.shape) < (0.3 if it % 3 else 1.0)
+            pair[0].table[change] += rng.normal(scale=3.0, size=int(change.sum()))
+            pair[1].table[...] = pair[0].table
+            pair[0]._refresh_in_layout()
+            nb.refresh_bounds(pair[1])
+            assert np.array_equal(pair[0].lb, pair[1].lb)
+            assert np.array_equal(pair[0].ub, pair[1].ub)
+            assert pair[0].crossed == pair[1].crossed
+        pair[1].table[0, 0] = np.nan
+        with pytest.raises(ValueError, match="non-finite"):
+            nb.refresh_bounds(pair[1])
+
+
 def test_backend_option_is_checked(holes):
     with pytest.raises(ValueError, match="backend"):
         learn("soft_q", holes, beta=1.0, gamma=0.5, steps=10, backend="jax")

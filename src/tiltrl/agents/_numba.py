@@ -11,7 +11,9 @@ are bit-identical to the numpy backend (``tests/test_agents.py`` checks this).
 
 Block boundaries are set by the driver: a bounded learner's bounds refresh and a
 U-learner's normalisation happen between blocks, exactly at the update where the numpy
-path does them. This module imports numba; ``import tiltrl`` never imports it.
+path does them; a bounded learner's given-model refresh is jitted too (:func:`refresh_bounds`,
+the same operations in the same order as the numpy refresh, bit-identical bounds). This
+module imports numba; ``import tiltrl`` never imports it.
 """
 
 from __future__ import annotations
@@ -221,6 +223,121 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
     return n_clipped
 
 
+@numba.njit(cache=True)
+def _refresh_given(q, lp_cols, r_cols, beta, gamma, scale, indptr, indices, data,
+                   K, S, lb, ub, q_bits, v, v_bits, v_ok):  # noqa: C901
+    """``BoundedSoftQLearner._refresh_in_layout`` (given model) in the ``(A, K*S)`` layout:
+    the same operations in the same order (action sums row by row as numpy's ``axis=0``
+    reduction, each ``P`` row summed in index order from ``0.0`` as scipy's CSR mat-vec).
+    Writes ``lb``/``ub``; returns the number of crossings, or -1 if ``q`` is not finite.
+    ``q_bits`` is ``q`` viewed as int64; ``v``, ``v_bits``, ``v_ok`` are the learner's cache
+    of soft values (``(S, K)``), the bits of the ``Q`` they came from and their validity."""
+    A = q.shape[0]
+    KS = K * S
+    for a in range(A):
+        for j in range(KS):
+            if not np.isfinite(q[a, j]):
+                return -1
+    # v[s, k]: the (S, K) right-hand side of scipy's P @ V, kept between calls with the
+    # bits of the Q column it came from; a column with the same bits has the same value
+    x = np.empty(A)
+    for k in range(K):
+        for s in range(S):
+            j = k * S + s
+            same = v_ok[j]
+            for a in range(A):
+                if q_bits[a, j] != v_bits[a, j]:
+                    same = False
+                    v_bits[a, j] = q_bits[a, j]
+            if same:
+                continue
+            v_ok[j] = True
+            m = -np.inf
+            for a in range(A):
+                x[a] = lp_cols[a, j] + beta * q[a, j]
+                m = _maximum(m, x[a])
+            if not np.isfinite(m):
+                m = 0.0
+            tot = 0.0
+            for a in range(A):
+                d = x[a] - m
+                ea = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
+                tot = ea if a == 0 else tot + ea
+            v[s, k] = (math.log(tot) + m) / beta if tot > 0.0 else (-np.inf + m) / beta
+    # scipy's csr_matvecs: y[row, :] += P[row, col] * v[col, :], entries in index order
+    tq = np.zeros((S * A, K))
+    for row in range(S * A):
+        y = tq[row]
+        for jj in range(indptr[row], indptr[row + 1]):
+            p = data[jj]
+            src = v[indices[jj]]
+            for k in range(K):
+                y[k] += p * src[k]
+    crossed = 0
+    for k in range(K):
+        base = k * S
+        d_min = np.inf
+        d_max = -np.inf
+        for s in range(S):
+            j = base + s
+            for a in range(A):
+                t = r_cols[a, j] + gamma * tq[s * A + a, k]
+                lb[a * KS + j] = t  # staged; finished below
+                resid = t - q[a, j]
+                if np.isfinite(resid):
+                    d_min = _minimum(d_min, resid)
+                    d_max = _maximum(d_max, resid)
+        if d_min == np.inf:  # no valid entry (a valid residual is finite)
+            d_min = np.nan
+            d_max = np.nan
+        for a in range(A):
+            for s in range(S):
+                i = a * KS + base + s
+                t = lb[i]
+                if np.isfinite(t - q[a, base + s]):
+                    lo = t + scale * d_min
+                    hi = t + scale * d_max
+                else:
+                    lo = -np.inf
+                    hi = np.inf
+                if lo > hi:
+                    crossed += 1
+                if lo <= hi:
+                    lb[i] = lo
+                    ub[i] = hi
+                else:
+                    lb[i] = -np.inf
+                    ub[i] = np.inf
+    return crossed
+
+
+def refresh_bounds(learner: BoundedSoftQLearner) -> None:
+    """:meth:`BoundedSoftQLearner.refresh_bounds` with the given-model refresh jitted
+    (bit-identical bounds); other bound kinds use the learner's own method."""
+    if learner.bounds_kind != "residual" or learner._model is None:
+        learner.refresh_bounds()
+        return
+    lp_cols, r_cols = learner._layout_cache()
+    P = learner._model.P
+    A, K, S = learner.A, learner.K, learner.S
+    lb = np.empty(A * K * S)
+    ub = np.empty(A * K * S)
+    cache = getattr(learner, "_numba_v_cache", None)
+    if cache is None:
+        cache = (np.empty((S, K)), np.zeros((A, K * S), dtype=np.int64),
+                 np.zeros(K * S, dtype=np.bool_))
+        learner._numba_v_cache = cache  # type: ignore[attr-defined]
+    q = np.ascontiguousarray(learner.table)
+    crossed = _refresh_given(q, lp_cols, r_cols, float(learner.beta),
+                             float(learner.gamma), learner.gamma / (1.0 - learner.gamma),
+                             P.indptr, P.indices, P.data, K, S, lb, ub,
+                             q.view(np.int64), *cache)
+    if crossed < 0:
+        raise ValueError("Q has non-finite entries")
+    learner.crossed += int(crossed)
+    learner.lb, learner.ub = lb, ub
+
+
 def supported(learner: TabularLearner, sampler: Any) -> bool:
     """Whether the compiled kernel covers this run (else the numpy path is used)."""
     if type(sampler) is not MDPSampler:
@@ -321,7 +438,7 @@ def run_block(learner: TabularLearner, sampler: MDPSampler, u: np.ndarray, s: np
     if isinstance(learner, BoundedSoftQLearner):
         learner.n_clipped += int(n_clipped)
         if learner.n_updates % learner.bounds_every == 0:
-            learner.refresh_bounds()
+            refresh_bounds(learner)
             e, z = learner.behaviour_weights(s)
     elif isinstance(learner, ULearner):
         if learner.n_updates % learner.normalise_every == 0:

@@ -161,6 +161,18 @@ class BoundedSoftQLearner(SoftQLearner):
         self.lb = np.where(ok, b.lb, -np.inf).transpose(2, 0, 1).reshape(-1)
         self.ub = np.where(ok, b.ub, np.inf).transpose(2, 0, 1).reshape(-1)
 
+    def _layout_cache(self) -> tuple[np.ndarray, np.ndarray]:
+        """``log pi0`` and the reward of the given model in the ``(A, K*S)`` layout."""
+        assert self._model is not None
+        if not hasattr(self, "_bounds_cache"):
+            with np.errstate(divide="ignore"):
+                log_pi0 = np.log(np.asarray(self._model.prior, dtype=np.float64))
+            # log pi0[s, a] at column k*S + s
+            K = self.K
+            self._bounds_cache = (np.ascontiguousarray(np.tile(log_pi0.T, (1, K))),
+                                  np.ascontiguousarray(np.tile(self._model.reward.T, (1, K))))
+        return self._bounds_cache
+
     def _refresh_in_layout(self) -> None:
         """:func:`tiltrl.bounds.soft_bellman_bounds` with a given model, computed in the
         learner's ``(A, K*S)`` layout: reductions over actions run along the first axis
@@ -170,13 +182,7 @@ class BoundedSoftQLearner(SoftQLearner):
         assert self._model is not None
         A, K, S = self.A, self.K, self.S
         beta, gamma = self.beta, self.gamma
-        if not hasattr(self, "_bounds_cache"):
-            with np.errstate(divide="ignore"):
-                log_pi0 = np.log(np.asarray(self._model.prior, dtype=np.float64))
-            # log pi0[s, a] at column k*S + s
-            self._bounds_cache = (np.ascontiguousarray(np.tile(log_pi0.T, (1, K))),
-                                  np.ascontiguousarray(np.tile(self._model.reward.T, (1, K))))
-        lp_cols, r_cols = self._bounds_cache
+        lp_cols, r_cols = self._layout_cache()
         q = self.table
         if not np.all(np.isfinite(q)):
             raise ValueError("Q has non-finite entries")
