@@ -200,43 +200,55 @@ def _f(x: Any, digits: int = 6) -> str:
 
 
 # ============================================================================ inputs
+def _parse_grid(text: str, option: str, *, example: str, log: bool, what: str) -> np.ndarray:
+    """A comma list or a ``FROM:TO:COUNT`` range (log- or linearly spaced) of finite
+    numbers, positive when ``log``; errors name ``option``."""
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{option} is empty")
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"{option} {text!r}: a range is FROM:TO:COUNT (e.g. {example})")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+            count = int(parts[2])
+        except ValueError as exc:
+            raise ValueError(
+                f"{option} {text!r}: FROM and TO must be numbers, COUNT an integer"
+            ) from exc
+        if log and not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{option} {text!r}: FROM and TO must be positive (log spacing)")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{option} {text!r}: FROM and TO must be finite")
+        if count < 1:
+            raise ValueError(f"{option} {text!r}: COUNT must be at least 1")
+        if count == 1:
+            return np.array([lo])
+        if log:
+            return np.logspace(math.log10(lo), math.log10(hi), count)
+        return np.linspace(lo, hi, count)
+    values = []
+    for item in text.split(","):
+        try:
+            x = float(item)
+        except ValueError as exc:
+            raise ValueError(f"{option}: {item.strip()!r} is not a number") from exc
+        if log and not (x > 0 and math.isfinite(x)):
+            raise ValueError(f"{option}: {what} must be positive and finite, got {item.strip()}")
+        if not math.isfinite(x):
+            raise ValueError(f"{option}: {what} must be finite, got {item.strip()}")
+        values.append(x)
+    return np.array(values)
+
+
 def parse_betas(text: str) -> np.ndarray:
     """``"0.5,1,2"`` -> those values; ``"0.1:100:20"`` -> 20 log-spaced values in [0.1, 100].
 
     Raises ValueError with a readable message on bad input (non-numbers, beta <= 0, a
     count below 1).
     """
-    text = text.strip()
-    if not text:
-        raise ValueError("--betas is empty")
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"--betas {text!r}: a range is FROM:TO:COUNT (e.g. 0.1:100:20)")
-        try:
-            lo, hi = float(parts[0]), float(parts[1])
-            count = int(parts[2])
-        except ValueError as exc:
-            raise ValueError(
-                f"--betas {text!r}: FROM and TO must be numbers, COUNT an integer"
-            ) from exc
-        if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"--betas {text!r}: FROM and TO must be positive (log spacing)")
-        if count < 1:
-            raise ValueError(f"--betas {text!r}: COUNT must be at least 1")
-        return np.array([lo]) if count == 1 else np.logspace(
-            math.log10(lo), math.log10(hi), count
-        )
-    values = []
-    for item in text.split(","):
-        try:
-            b = float(item)
-        except ValueError as exc:
-            raise ValueError(f"--betas: {item.strip()!r} is not a number") from exc
-        if not (b > 0 and math.isfinite(b)):
-            raise ValueError(f"--betas: beta must be positive and finite, got {item.strip()}")
-        values.append(b)
-    return np.array(values)
+    return _parse_grid(text, "--betas", example="0.1:100:20", log=True, what="beta")
 
 
 def parse_ks(text: str, option: str = "--k") -> np.ndarray:
@@ -245,35 +257,7 @@ def parse_ks(text: str, option: str = "--k") -> np.ndarray:
     Like :func:`parse_betas` but linear spacing and any sign (``k`` is a tilt, not a
     temperature). Raises ValueError naming ``option`` with a readable message on bad input.
     """
-    text = text.strip()
-    if not text:
-        raise ValueError(f"{option} is empty")
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"{option} {text!r}: a range is FROM:TO:COUNT (e.g. -1:1:21)")
-        try:
-            lo, hi = float(parts[0]), float(parts[1])
-            count = int(parts[2])
-        except ValueError as exc:
-            raise ValueError(
-                f"{option} {text!r}: FROM and TO must be numbers, COUNT an integer"
-            ) from exc
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{option} {text!r}: FROM and TO must be finite")
-        if count < 1:
-            raise ValueError(f"{option} {text!r}: COUNT must be at least 1")
-        return np.array([lo]) if count == 1 else np.linspace(lo, hi, count)
-    values = []
-    for item in text.split(","):
-        try:
-            k = float(item)
-        except ValueError as exc:
-            raise ValueError(f"{option}: {item.strip()!r} is not a number") from exc
-        if not math.isfinite(k):
-            raise ValueError(f"{option}: k must be finite, got {item.strip()}")
-        values.append(k)
-    return np.array(values)
+    return _parse_grid(text, option, example="-1:1:21", log=False, what="k")
 
 
 def _read_rows(path: Path) -> list[str]:
