@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiltrl
+from _random_models import random_transitions
 from tiltrl.bounds import (
     CountModel,
     bellman_target,
@@ -20,15 +21,7 @@ from tiltrl.bounds import (
 
 def random_mdp(seed: int, S: int, A: int, deterministic: bool) -> tiltrl.TabularMDP:
     rng = np.random.default_rng(seed)
-    P = np.zeros((S, A, S))
-    for s in range(S):
-        for a in range(A):
-            if deterministic:
-                P[s, a, rng.integers(S)] = 1.0
-            else:
-                k = int(rng.integers(1, S + 1))
-                support = rng.choice(S, size=k, replace=False)
-                P[s, a, support] = rng.dirichlet(np.ones(k))
+    P = random_transitions(rng, S, A, deterministic)
     r = rng.normal(size=(S, A)) * 2.0
     prior = rng.dirichlet(np.ones(A), size=S)
     return tiltrl.TabularMDP(P, r, prior=prior)

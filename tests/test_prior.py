@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tiltrl
+from _random_models import random_transitions
 from tiltrl.bounds import soft_bellman_bounds
 from tiltrl.prior import (
     COMPOSITIONS,
@@ -31,14 +32,8 @@ def random_mdp(seed: int, S: int, A: int, deterministic: bool,
                transition_reward: bool = False) -> tuple[tiltrl.TabularMDP, np.random.Generator]:
     """Irreducible and aperiodic: action 0 walks the cycle s -> s+1, action 1 loops at 0."""
     rng = np.random.default_rng(seed)
-    P = np.zeros((S, A, S))
+    P = random_transitions(rng, S, A, deterministic)
     for s in range(S):
-        for a in range(A):
-            if deterministic:
-                P[s, a, rng.integers(S)] = 1.0
-            else:
-                k = int(rng.integers(1, S + 1))
-                P[s, a, rng.choice(S, size=k, replace=False)] = rng.dirichlet(np.ones(k))
         P[s, 0] = 0.0
         P[s, 0, (s + 1) % S] = 1.0
     P[0, 1] = 0.0
