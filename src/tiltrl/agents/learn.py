@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tiltrl._progress import bar
 from tiltrl.agents.base import TabularLearner
 from tiltrl.agents.bounded import BoundedSoftQLearner
 from tiltrl.agents.differential import DifferentialSoftQLearner
@@ -172,11 +173,9 @@ def _progress_printer(total: int) -> Callable[[int, int], None]:
     tty = sys.stderr.isatty()
 
     def report(done: int, total_: int) -> None:
-        width = 30
-        fill = int(width * done / max(total_, 1))
         rate = done / max(time.perf_counter() - start, 1e-9)
         end = "\n" if done >= total_ or not tty else ""
-        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done:,}/{total_:,} steps "
+        sys.stderr.write(f"\r{bar(done, total_)} {done:,}/{total_:,} steps "
                          f"{rate:,.0f} steps/s{end}")
         sys.stderr.flush()
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from tiltrl._progress import progress_line
 from tiltrl.exact.average import solve_controlled, solve_fixed
 from tiltrl.exact.discounted import solve_discounted, solve_finite_horizon
 from tiltrl.exact.result import Solution, Sweep
@@ -162,16 +163,7 @@ def sweep(
         iters[i] = sol.iterations
         conv[i] = sol.converged
         if progress:
-            _progress(n + 1, beta_arr.size, f"beta={beta_arr[i]:g} theta={sol.theta:.6g}")
-    if progress:
-        print(file=sys.stderr)
+            progress_line(n + 1, beta_arr.size, f"beta={beta_arr[i]:g} theta={sol.theta:.6g}")
     return Sweep(
         betas=beta_arr, iterations=iters, converged=conv, dynamics=dynamics, **out
     )
-
-
-def _progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}   ")
-    sys.stderr.flush()

@@ -34,7 +34,6 @@ phase transition — which :func:`scgf_curve` and :func:`tiltrl.ld.rate_function
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
+from tiltrl._progress import progress_line
 from tiltrl.exact.average import ConvergenceWarning, _kernel_evaluator, solve_controlled
 from tiltrl.exact.graph import class_structure, reachable_from
 from tiltrl.exact.newton import _evaluation_matrix, newton_average
@@ -300,15 +300,6 @@ def _continuation_order(ks: np.ndarray) -> np.ndarray:
     return np.concatenate([order[pos::-1], order[pos + 1:]])
 
 
-def _progress_line(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}   ")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
 @dataclass(frozen=True)
 class ScgfCurve:
     """``Lambda`` on a grid of ``k`` with the dominant class at each ``k``.
@@ -351,7 +342,7 @@ def scgf_curve(
         if n == 0:
             first = [list(c.history) for c in family.classes]
         if progress:
-            _progress_line(n + 1, ks.size, f"k={ks[i]:g} Lambda={values[i]:.6g}")
+            progress_line(n + 1, ks.size, f"k={ks[i]:g} Lambda={values[i]:.6g}")
     srt = np.argsort(ks, kind="stable")
     transitions = tuple(
         (float(ks[a]), float(ks[b]))
