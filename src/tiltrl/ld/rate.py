@@ -51,9 +51,6 @@ class RateFunction:
     mean: float  # Lambda'(0): the typical value, where I = 0
     notes: tuple[str, ...] = ()
 
-    def __call__(self) -> np.ndarray:
-        return self.rate
-
 
 class _Oracle:
     """Cached ``Lambda``, ``Lambda'``, ``Lambda''`` at ``k``."""
