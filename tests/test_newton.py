@@ -1,0 +1,94 @@
+"""The linear algebra inside the Newton / soft policy iteration solver.
+
+``EvaluationLU`` solves with the evaluation matrix ``A = I - K`` (column ``ref`` replaced
+by ones) through the sparse bordered matrix ``C = I - K + e_ref e_ref^T`` and a rank-one
+correction; these tests hold it to dense ``numpy.linalg.solve``, check the fallback when
+``C`` is ill-conditioned, and check that GMRES steps preconditioned by an old LU give the
+same solution as refactorising every step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tiltrl
+import tiltrl.exact.newton as newton
+from tiltrl.exact.newton import EvaluationLU, factorise_evaluation
+
+
+def _random_kernel(seed: int, n: int, density: float):
+    rng = np.random.default_rng(seed)
+    K = rng.random((n, n)) * (rng.random((n, n)) < density)
+    K[np.arange(n), (np.arange(n) + 1) % n] += 0.1  # a cycle: irreducible
+    K /= K.sum(axis=1, keepdims=True)
+    coo = sp.coo_matrix(K)
+    return (coo.row, coo.col, coo.data), K
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 40), st.floats(0.05, 0.8), st.data())
+def test_evaluation_lu_matches_dense_solves(seed, n, density, data):
+    kernel, K = _random_kernel(seed, n, density)
+    ref = data.draw(st.integers(0, n - 1))
+    A = np.eye(n) - K
+    A[:, ref] = 1.0
+    b = np.random.default_rng(seed + 1).normal(size=n)
+    lu = EvaluationLU(kernel, n, ref)
+    scale = np.linalg.cond(A)
+    assert np.allclose(lu.solve(b), np.linalg.solve(A, b), rtol=0, atol=1e-12 * scale)
+    assert np.allclose(lu.solve(b, trans="T"), np.linalg.solve(A.T, b), rtol=0,
+                       atol=1e-12 * scale)
+    # the ordering of one factorisation reused for the next one (permuted path)
+    again = EvaluationLU(kernel, n, ref, order=lu.order)
+    assert again._permuted
+    assert np.allclose(again.solve(b), np.linalg.solve(A, b), rtol=0, atol=1e-12 * scale)
+    assert np.allclose(again.solve(b, trans="T"), np.linalg.solve(A.T, b), rtol=0,
+                       atol=1e-12 * scale)
+
+
+def test_nearly_transient_ref_falls_back_to_the_ones_column_form():
+    """``ref`` almost never visited: ``C`` is nearly singular although ``A`` is fine."""
+    n, ref = 6, 0
+    K = np.zeros((n, n))
+    K[0, 1] = 1.0  # ref leaves at once ...
+    for s in range(1, n):
+        K[s, (s % (n - 1)) + 1] = 1.0 - 1e-13  # ... and the rest cycles among 1..n-1
+        K[s, 0] = 1e-13
+    coo = sp.coo_matrix(K)
+    kernel = (coo.row, coo.col, coo.data)
+    with pytest.raises(RuntimeError, match="ill-conditioned"):
+        EvaluationLU(kernel, n, ref)
+    lu = factorise_evaluation(kernel, n, ref)
+    assert not isinstance(lu, EvaluationLU)
+    A = np.eye(n) - K
+    A[:, ref] = 1.0
+    b = np.arange(n, dtype=float)
+    assert np.allclose(lu.solve(b), np.linalg.solve(A, b), rtol=1e-10, atol=1e-10)
+    # a run that fell back stays on the ones-column form
+    assert not isinstance(factorise_evaluation(kernel, n, ref, previous=lu), EvaluationLU)
+
+
+@pytest.mark.parametrize("beta", [1.0, 10.0, 100.0])
+def test_preconditioned_steps_reach_the_same_solution(monkeypatch, beta):
+    """GMRES steps with an old LU (forced on a small model) versus a new LU every step."""
+    mdp = tiltrl.large_grid(12, 12, n_actions=4, slippery=0.2, seed=3)
+    exact = tiltrl.solve(mdp, beta, tol=1e-12)
+    calls = {"n": 0}
+    original = newton._preconditioned_step
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(newton, "_REUSE_MIN_STATES", 0)
+    monkeypatch.setattr(newton, "_preconditioned_step", counted)
+    reused = tiltrl.solve(mdp, beta, tol=1e-12)
+    assert calls["n"] > 0
+    assert reused.converged and reused.residual < 1e-12
+    assert reused.theta == pytest.approx(exact.theta, rel=1e-12, abs=1e-14)
+    assert np.allclose(reused.log_u, exact.log_u, rtol=0, atol=1e-9)
+    assert np.allclose(reused.stationary, exact.stationary, rtol=1e-8, atol=1e-14)
