@@ -44,13 +44,17 @@ _MAX_LOG_STEP = 1e12
 #: below this many states every Newton step refactorises (an LU is cheap there)
 _REUSE_MIN_STATES = 20_000
 
+#: preconditioned (inexact) steps only below this residual: far from the solution only an
+#: exact evaluation keeps soft policy iteration monotone (an inexact early step on a 1e6
+#: pair grid at beta = 100 led into a region where exact steps then diverged)
+_REUSE_BELOW = 1.0
+
 #: Krylov dimension of a preconditioned Newton step before it gives up and refactorises
 _GMRES_RESTART = 30
 
-#: largest |C^{-1} w| / n accepted by EvaluationLU: |C^{-1} w| ~ 1/mu_ref, so this says
-#: ref carries at least ~1e-6 of a uniform share of the evaluated policy's stationary law
-#: (fewer digits would be lost in the rank-one correction)
-_BORDER_MAX_GAIN = 1e6
+#: largest residual of EvaluationLU's probe solve (right-hand side of size 1); above it the
+#: rank-one correction has cancelled too many digits and the ones-column form is used
+_BORDER_PROBE_TOL = 1e-11
 
 #: refactorise after a preconditioned step that took this fraction of a factorisation's
 #: time: later steps would pay more in iterations than a fresh LU costs (measured on grid
@@ -168,12 +172,16 @@ class EvaluationLU:
         self._z = self._c_solve(self._w, "N")  # C^{-1} w
         denom = 1.0 + self._z[ref]
         # C is (nearly) singular when ref is (nearly) transient under the evaluated policy,
-        # even though A is fine: C^{-1} w then grows like 1/mu_ref and the correction
-        # cancels that many digits, so such kernels go to the ones-column form
-        if not (np.all(np.isfinite(self._z))
-                and np.max(np.abs(self._z)) < _BORDER_MAX_GAIN * n):
-            raise RuntimeError("bordered evaluation matrix is ill-conditioned")
+        # even though A is fine: C^{-1} w then grows like 1/mu_ref and the rank-one
+        # correction cancels that many digits. A probe solve measures what is left;
+        # such kernels go to the ones-column form
+        if not (np.all(np.isfinite(self._z)) and abs(denom) > 0.0):
+            raise RuntimeError("bordered evaluation matrix is singular")
         self._denom = denom
+        probe = np.cos(np.arange(n, dtype=np.float64))
+        error = probe - _EvaluationOperator(kernel, n, ref) @ self.solve(probe)
+        if not np.max(np.abs(error)) < _BORDER_PROBE_TOL:
+            raise RuntimeError("bordered evaluation matrix is ill-conditioned")
         self._g: np.ndarray | None = None  # C^{-T} e_ref, on the first transposed solve
 
     def _c_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
@@ -309,7 +317,8 @@ def newton_average(
         x = None
         # on large models, reuse the last LU as a GMRES preconditioner; small models
         # refactorise every step (an LU is cheap there)
-        if lu is not None and reuse_allowed and n >= _REUSE_MIN_STATES:
+        if (lu is not None and reuse_allowed and n >= _REUSE_MIN_STATES
+                and resid < _REUSE_BELOW):
             start = time.perf_counter()
             # forcing term: the linear residual a small fraction of the nonlinear one
             x = _preconditioned_step(A, b, lu, rtol=min(1e-3, max(0.1 * resid, 1e-10)))
@@ -352,8 +361,10 @@ def newton_average(
         # an exact step is soft policy iteration: its gain never decreases even when the
         # residual jumps (the evaluated policy may be nearly multichain), so it is kept.
         # The Jacobian drifts away from the factored one and GMRES needs ever more
-        # iterations: refactorise once a step costs a quarter of a factorisation
-        reuse_allowed = not (reused and step_time > _STALE_FRACTION * factor_time)
+        # iterations: refactorise once a step costs a quarter of a factorisation, unless
+        # the next (quadratically convergent) step should be the last one
+        reuse_allowed = not (reused and step_time > _STALE_FRACTION * factor_time
+                             and trial[3] ** 2 > tol)
         stalled = trial[3] > 0.5 * resid
         h, Th, kernel = h_try, Th_try, kernel_try
         theta, lo, hi, resid = trial
