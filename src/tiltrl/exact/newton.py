@@ -156,6 +156,7 @@ class EvaluationLU:
             shape=(n, n),
         )
         self.ref, self.n = ref, n
+        start = time.perf_counter()
         # raises RuntimeError when C is exactly singular (numerically multichain kernel)
         if order is None or order.size != n:
             self._lu = splu(C, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.01,
@@ -183,6 +184,8 @@ class EvaluationLU:
         if not np.max(np.abs(error)) < _BORDER_PROBE_TOL:
             raise RuntimeError("bordered evaluation matrix is ill-conditioned")
         self._g: np.ndarray | None = None  # C^{-T} e_ref, on the first transposed solve
+        #: wall time of the factorisation: the yardstick for the cost of reusing it
+        self.seconds = time.perf_counter() - start
 
     def _c_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
         if not self._permuted:
@@ -203,14 +206,22 @@ class EvaluationLU:
         return np.asarray(y - self._g * (float(self._w @ y) / self._denom))
 
 
-def _factorise_ones_column(A: sp.csc_matrix) -> Any:
-    try:
-        return splu(A)
-    except RuntimeError:
-        # numerically several recurrent classes (policy probabilities underflow at huge
-        # beta): evaluate with a discount 1 - 1e-10 instead, which picks one solution of
-        # the singular system; the next improvement step merges them
-        return splu(sp.csc_matrix(A + 1e-10 * sp.identity(A.shape[0])))
+class _OnesColumnLU:
+    """SuperLU of the evaluation matrix with its column of ones, timed."""
+
+    def __init__(self, A: sp.csc_matrix) -> None:
+        start = time.perf_counter()
+        try:
+            self._lu = splu(A)
+        except RuntimeError:
+            # numerically several recurrent classes (policy probabilities underflow at
+            # huge beta): evaluate with a discount 1 - 1e-10 instead, which picks one
+            # solution of the singular system; the next improvement step merges them
+            self._lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(A.shape[0])))
+        self.seconds = time.perf_counter() - start
+
+    def solve(self, b: np.ndarray, trans: str = "N") -> np.ndarray:
+        return np.asarray(self._lu.solve(b, trans=trans))
 
 
 def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
@@ -227,7 +238,7 @@ def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: i
         except RuntimeError:
             pass
     # a run whose bordered form failed once stays on the ones-column form
-    return _factorise_ones_column(_evaluation_matrix(kernel, n, ref))
+    return _OnesColumnLU(_evaluation_matrix(kernel, n, ref))
 
 
 def _precision_floor(h: np.ndarray, beta: float) -> float:
@@ -300,10 +311,10 @@ def newton_average(
     lu = lu0
     factorisations = 0
     reuse_allowed = True
-    # wall times of the last factorisation (with its step) and of the last GMRES step;
-    # a given lu0 counts as expensive (it is only dropped when a step fails to halve)
-    factor_time = np.inf if lu0 is not None else 0.0
-    step_time = start_fact = 0.0
+    # wall times of the last factorisation and of the last GMRES step (an lu0 without a
+    # recorded time counts as expensive: it is only dropped when a step fails to halve)
+    factor_time = getattr(lu0, "seconds", np.inf)
+    step_time = 0.0
     blowups = 0
     Th, kernel = evaluate(h)
     theta, lo, hi, resid = relative_residual(Th - h, beta)
@@ -325,7 +336,6 @@ def newton_average(
             step_time = time.perf_counter() - start
         reused = x is not None
         if x is None:
-            start_fact = time.perf_counter()
             try:
                 lu = factorise_evaluation(kernel, n, ref, previous=lu)
             except RuntimeError as exc:
@@ -357,7 +367,7 @@ def newton_average(
             reuse_allowed = False
             continue
         if not reused:
-            factor_time = time.perf_counter() - start_fact
+            factor_time = lu.seconds
         # an exact step is soft policy iteration: its gain never decreases even when the
         # residual jumps (the evaluated policy may be nearly multichain), so it is kept.
         # The Jacobian drifts away from the factored one and GMRES needs ever more

@@ -41,12 +41,11 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 
 from tiltrl._progress import progress_line
 from tiltrl.exact.average import ConvergenceWarning, _kernel_evaluator, solve_controlled
 from tiltrl.exact.graph import class_structure, reachable_from
-from tiltrl.exact.newton import _evaluation_matrix, newton_average
+from tiltrl.exact.newton import factorise_evaluation, newton_average
 from tiltrl.exact.noda import noda_perron
 from tiltrl.exact.tilted import LogKernel
 from tiltrl.ld.chain import JumpProcess, MarkovChain
@@ -153,8 +152,8 @@ class _ClassSolver:
 
     Continuation in ``k``: the start of each solve is the polynomial extrapolation of the
     last (up to three) converged log eigenvectors — its error is ``O(dk^3)`` on a smooth
-    branch — and the last LU is offered to Newton for chord steps, so a nearby ``k``
-    usually costs a few triangular solves instead of several factorisations.
+    branch — and the last LU is offered to Newton as a GMRES preconditioner, so a nearby
+    ``k`` usually costs a few triangular solves instead of several factorisations.
     """
 
     states: np.ndarray  # the class (indices into the full state space)
@@ -200,10 +199,10 @@ class _ClassSolver:
         kernel = LogKernel(self.indptr, self.cols, logw)
         evaluate = _kernel_evaluator(kernel, 1.0)
         h0 = self._best_start(k, evaluate)
-        # Newton (quadratic, cheap with chord steps) from the extrapolated start; where the
-        # Perron vector is ill-conditioned (tiny spectral gap, localised eigenvectors) its
-        # linearised step overshoots, and the monotone Noda iteration takes over until
-        # Newton's local regime, then Newton finishes
+        # Newton (quadratic, cheap with preconditioned steps) from the extrapolated start;
+        # where the Perron vector is ill-conditioned (tiny spectral gap, localised
+        # eigenvectors) its linearised step overshoots, and the monotone Noda iteration
+        # takes over until Newton's local regime, then Newton finishes
         res = newton_average(evaluate, h0, ref=0, beta=1.0, tol=tol, max_iter=_NEWTON_TRIES,
                              lu0=self.lu, max_blowups=2)
         if not res.converged:
@@ -229,7 +228,7 @@ class _ClassSolver:
         return noda_perron(kernel, res.h, tol=tol, max_iter=_NODA_MAX)
 
 
-#: Newton iterations (chord steps included) before falling back to Noda; a run that
+#: Newton iterations (preconditioned steps included) before falling back to Noda; a run that
 #: overshoots is stopped much earlier by its overflowing residual (``max_blowups``)
 _NEWTON_TRIES = 60
 #: Noda runs until this relative residual, then hands over to Newton (whose basin is
@@ -490,8 +489,7 @@ def _poisson(
 ) -> tuple[np.ndarray, float]:
     """Solve ``(I - K) phi + m = rhs`` on the class ``rec`` with ``phi[rec[0]] = 0``."""
     sub = sp.csr_matrix(K[rec][:, rec]).tocoo()
-    A = _evaluation_matrix((sub.row, sub.col, sub.data), rec.size, 0)
-    x = splu(A).solve(rhs[rec])
+    x = factorise_evaluation((sub.row, sub.col, sub.data), rec.size, 0).solve(rhs[rec])
     m = float(x[0])
     phi = x.copy()
     phi[0] = 0.0
