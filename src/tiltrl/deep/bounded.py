@@ -83,20 +83,20 @@ class BoundedSoftDQN(SoftDQN):
     def _bounds(
         self, data: Any, q_sa: th.Tensor, q_next: th.Tensor, log_prior_next: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``(T Q, lb, ub)`` on the batch for one network's Q (taken-action ``q_sa``,
-        next-state ``q_next``)."""
-        v_next = soft_value(q_next, log_prior_next, self.beta).reshape(-1, 1)
+        """``(T Q, lb, ub)`` on the batch, for several networks' Q stacked on a leading
+        axis (taken-action ``q_sa``: ``(N, B, 1)``, next-state ``q_next``: ``(N, B, A)``),
+        each with the offsets of its own residuals."""
+        v_next = soft_value(q_next, log_prior_next, self.beta).unsqueeze(-1)
         cont = (1.0 - data.dones) * self.gamma
         tq = data.rewards + cont * v_next
-        lower, upper = bellman_bound_offsets(tq - q_sa, self.gamma)
-        return tq, tq + cont * lower, tq + cont * upper
+        lower, upper = bellman_bound_offsets(tq - q_sa, self.gamma, dim=(1, 2))
+        return tq, tq + cont * lower.view(-1, 1, 1), tq + cont * upper.view(-1, 1, 1)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        stats: dict[str, list[th.Tensor]] = {
-            k: [] for k in ("loss", "penalty", "target_clip", "q_clip", "inverted", "gap", "q")
-        }
+        steps: list[tuple[Any, ...]] = []
+        soft = self.clip in ("soft", "both")
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             obs, nxt = data.observations, data.next_observations
@@ -119,40 +119,50 @@ class BoundedSoftDQN(SoftDQN):
                     qt_all, q_next_t = self.q_net_target(obs), self.q_net_target(nxt)
                 log_prior_next = self.policy.prior_logits(nxt)
                 q_t = th.gather(qt_all, 1, actions)
-                target, lb_t, ub_t = self._bounds(data, q_t, q_next_t, log_prior_next)
-                _, lb_o, ub_o = self._bounds(data, q.detach(), q_next_o, log_prior_next)
-                lb = th.maximum(lb_t, lb_o)
-                ub = th.minimum(ub_t, ub_o)
+                # the target network's and the online network's bounds in one pass
+                tq, lbs, ubs = self._bounds(
+                    data,
+                    th.stack([q_t, q.detach()]),
+                    th.stack([q_next_t, q_next_o]),
+                    log_prior_next,
+                )
+                target_raw = tq[0]
+                lb, ub = lbs.amax(0), ubs.amin(0)  # the tighter of each pair
                 inverted = lb > ub
                 lb = lb.masked_fill(inverted, -th.inf)
                 ub = ub.masked_fill(inverted, th.inf)
-                outside_t = (target < lb) | (target > ub)
-                outside_q = (q.detach() < lb) | (q.detach() > ub)
+                target = target_raw
                 if self.clip in ("hard", "both"):
-                    target = th.clamp(target, lb, ub)
+                    target = th.clamp(target_raw, lb, ub)
             loss = td_loss(q, target, self.loss)
-            pen = th.zeros((), device=q.device)
-            if self.clip in ("soft", "both"):
+            pen = None
+            if soft:
                 pen = penalty_fn(q - th.clamp(q, lb, ub).detach(), self.penalty)
                 loss = loss + self.penalty_weight * pen
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
-            with th.no_grad():
-                valid = ~inverted
-                gap = (ub - lb)[valid]
-                stats["loss"].append(loss.detach())
-                stats["penalty"].append(pen.detach())
-                stats["target_clip"].append(outside_t.float().mean())
-                stats["q_clip"].append(outside_q.float().mean())
-                stats["inverted"].append(inverted.float().mean())
-                stats["gap"].append(gap.mean() if gap.numel() else th.tensor(float("nan")))
-                stats["q"].append(q.detach().mean())
-        means = {k: th.stack(v).float() for k, v in stats.items()}
+            self._gradient_step(loss)
+            steps.append((loss, pen, target_raw, q, lb, ub, inverted))
         self._n_updates += gradient_steps
+        # recorded when the logger dumps (SoftDQN.dump_logs), means over this call's steps
+        self._pending_log = (self._n_updates, steps)
+
+    def _record_train_log(self, pending: Any) -> None:
+        n_updates, steps = pending
+        stats: dict[str, list[th.Tensor]] = {
+            k: [] for k in ("loss", "penalty", "target_clip", "q_clip", "inverted", "gap", "q")
+        }
+        for loss, pen, target, q, lb, ub, inverted in steps:
+            q = q.detach()
+            gap = (ub - lb)[~inverted]
+            stats["loss"].append(loss.detach())
+            stats["penalty"].append(th.zeros(()) if pen is None else pen.detach())
+            stats["target_clip"].append(((target < lb) | (target > ub)).float().mean())
+            stats["q_clip"].append(((q < lb) | (q > ub)).float().mean())
+            stats["inverted"].append(inverted.float().mean())
+            stats["gap"].append(gap.mean() if gap.numel() else th.tensor(float("nan")))
+            stats["q"].append(q.mean())
+        means = {k: th.stack(v).float() for k, v in stats.items()}
         rec = self.logger.record
-        rec("train/n_updates", self._n_updates, exclude="tensorboard")
+        rec("train/n_updates", n_updates, exclude="tensorboard")
         rec("train/loss", means["loss"].mean().item())
         rec("train/penalty", means["penalty"].mean().item())
         rec("train/q_mean", means["q"].mean().item())

@@ -147,7 +147,7 @@ class EVAL(SoftDQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        stats: dict[str, list[Any]] = {k: [] for k in ("loss", "theta_hat", "m", "log_u", "kl")}
+        steps: list[tuple[Any, ...]] = []
         beta = self.beta
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -182,8 +182,11 @@ class EVAL(SoftDQN):
                 theta_hat = float(log_rho_hat.item()) / beta
                 if not math.isfinite(self.theta):
                     self.theta = theta_hat
-                m = log_chi_t.mean() if self.scale == "mean" else th.zeros((), device=r.device)
-                y = beta * (r - self.theta) + cont - m
+                y = beta * (r - self.theta) + cont
+                m: th.Tensor | None = None
+                if self.scale == "mean":
+                    m = log_chi_t.mean()
+                    y = y - m
                 if self.log_u_clip is not None:
                     y = y.clamp(-self.log_u_clip, self.log_u_clip)
                 y = y.view(-1, 1).expand_as(log_u_sa)
@@ -193,30 +196,31 @@ class EVAL(SoftDQN):
                 ref = log_u_sa.detach()
                 rel = th.exp(log_u_sa - ref) - th.exp((y - ref).clamp(max=20.0))
                 loss = (rel**2).mean() * heads.shape[1]
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            th.nn.utils.clip_grad_norm_(self.q_net.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
+            self._gradient_step(loss)
             self.theta += self.theta_lr * (theta_hat - self.theta)
-            if self.prior_optimizer is not None:
-                stats["kl"].append(self._prior_step(obs))
-            stats["loss"].append(loss.detach())
-            stats["theta_hat"].append(theta_hat)
-            stats["m"].append(m)
-            stats["log_u"].append(log_u_sa.detach().mean())
+            kl = self._prior_step(obs) if self.prior_optimizer is not None else None
+            steps.append((loss, theta_hat, m, log_u_sa, kl))
         self._n_updates += gradient_steps
-        rec = self.logger.record
-        rec("train/n_updates", self._n_updates, exclude="tensorboard")
-        rec("train/loss", th.stack(stats["loss"]).mean().item())
-        rec("train/theta", self.theta)
-        rec("train/theta_batch", float(np.mean(stats["theta_hat"])))
-        rec("train/log_u_scale", th.stack(stats["m"]).float().mean().item())
-        rec("train/log_u_mean", th.stack(stats["log_u"]).mean().item())
-        if stats["kl"]:
-            rec("train/prior_kl", float(np.mean(stats["kl"])))
+        # recorded when the logger dumps (SoftDQN.dump_logs), means over this call's steps
+        self._pending_log = (self._n_updates, (self.theta, steps))
 
-    def _prior_step(self, obs: th.Tensor) -> float:
-        """One step of posterior policy iteration: move ``pi0`` towards ``pi ∝ pi0 u``."""
+    def _record_train_log(self, pending: Any) -> None:
+        n_updates, (theta, steps) = pending
+        rec = self.logger.record
+        rec("train/n_updates", n_updates, exclude="tensorboard")
+        rec("train/loss", th.stack([s[0] for s in steps]).mean().item())
+        rec("train/theta", theta)
+        rec("train/theta_batch", float(np.mean([s[1] for s in steps])))
+        # the scale m is 0 for scale="terminal"
+        ms = [th.zeros(()) if s[2] is None else s[2] for s in steps]
+        rec("train/log_u_scale", th.stack(ms).float().mean().item())
+        rec("train/log_u_mean", th.stack([s[3].mean() for s in steps]).mean().item())
+        if steps[0][4] is not None:
+            rec("train/prior_kl", float(np.mean([s[4].item() for s in steps])))
+
+    def _prior_step(self, obs: th.Tensor) -> th.Tensor:
+        """One step of posterior policy iteration: move ``pi0`` towards ``pi ∝ pi0 u``;
+        returns the KL before the step."""
         assert self.prior_optimizer is not None
         with th.no_grad():
             target = th.softmax(self.policy.logits(obs), dim=-1)
@@ -225,7 +229,7 @@ class EVAL(SoftDQN):
         self.prior_optimizer.zero_grad()
         kl.backward()
         self.prior_optimizer.step()
-        return float(kl.item())
+        return kl.detach()
 
     def log_u(self, observation: np.ndarray, heads: bool = False) -> np.ndarray:
         """``log u`` of the online network: ``(B, A)`` aggregated or ``(B, K, A)`` heads."""

@@ -12,18 +12,71 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.torch_layers import create_mlp
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
+from stable_baselines3.common.torch_layers import FlattenExtractor, create_mlp
 from stable_baselines3.dqn.policies import DQNPolicy, QNetwork
 from torch import nn
+from torch.nn import functional as F
 
 from tiltrl.deep.priors import LogPrior, PriorSpec
 
 AGGREGATIONS = ("min", "mean", "max")
+
+
+def sample_categorical(probs: th.Tensor) -> th.Tensor:
+    """One draw per row of ``probs`` (``(B, A)``, rows summing to 1), shape ``(B,)``.
+
+    Exactly ``th.multinomial(probs, 1).squeeze(-1)``: for one sample torch draws
+    ``q ~ Exp(1)`` per entry (``empty_like(probs).exponential_()``, the same generator
+    calls) and returns ``argmax(probs / q)`` (the exponential race); this is that
+    computation without multinomial's validity checks (four reductions and two host
+    syncs per call), so the draws and the random stream are unchanged.
+    """
+    return th.argmax(probs / th.empty_like(probs).exponential_(), dim=-1)
+
+
+def run_layers(layers: nn.Sequential, h: th.Tensor) -> th.Tensor:
+    """``layers(h)`` for an ``nn.Sequential``, with ``nn.Linear``, ``nn.ReLU`` and
+    :class:`BatchedLinear` applied as the torch functions their ``forward`` calls (the
+    same operations, without ``Module.__call__``'s dispatch per layer; hooks registered
+    on these inner layers are therefore not run). Other layers are called normally."""
+    for layer in layers:
+        kind = type(layer)
+        if kind is nn.Linear:
+            lin = cast(nn.Linear, layer)
+            h = F.linear(h, lin.weight, lin.bias)
+        elif kind is BatchedLinear:
+            blin = cast(BatchedLinear, layer)
+            h = th.baddbmm(blin.bias, h, blin.weight)
+        elif kind is nn.ReLU and not layer.inplace:
+            h = th.relu(h)
+        else:
+            h = layer(h)
+    return h
+
+
+def features(net: QNetwork, obs: Any) -> th.Tensor:
+    """``net.extract_features(obs, net.features_extractor)``; SB3's default
+    ``FlattenExtractor`` as the ``flatten(1)`` it performs."""
+    extractor = net.features_extractor
+    if type(extractor) is FlattenExtractor:
+        x = preprocess_obs(obs, net.observation_space, normalize_images=net.normalize_images)
+        assert isinstance(x, th.Tensor)
+        return x.flatten(1)
+    return net.extract_features(obs, extractor)
+
+
+class SoftQNetwork(QNetwork):
+    """SB3's ``QNetwork`` (same layers, parameters and initialisation) whose forward pass
+    runs the MLP through :func:`run_layers`."""
+
+    def forward(self, obs: Any) -> th.Tensor:
+        return run_layers(self.q_net, features(self, obs))
 
 
 class SoftQPolicy(DQNPolicy):
@@ -52,6 +105,10 @@ class SoftQPolicy(DQNPolicy):
         data.update(beta=self.beta, prior=self.prior)
         return data
 
+    def make_q_net(self) -> QNetwork:
+        net_args = self._update_features_extractor(self.net_args, features_extractor=None)
+        return SoftQNetwork(**net_args).to(self.device)
+
     def prior_logits(self, obs: th.Tensor) -> th.Tensor:
         """``log pi0(.|s)``, shape ``(B, A)``."""
         return self.log_prior(obs)
@@ -67,7 +124,55 @@ class SoftQPolicy(DQNPolicy):
         logits = self.logits(obs)
         if deterministic:
             return logits.argmax(dim=-1)
-        return th.multinomial(th.softmax(logits, dim=-1), 1).squeeze(-1)
+        return sample_categorical(th.softmax(logits, dim=-1))
+
+    def set_training_mode(self, mode: bool) -> None:
+        """``DQNPolicy.set_training_mode``: the ``training`` flag of ``q_net`` and all its
+        submodules, and of the policy (the target network stays in eval mode).
+
+        Called twice per environment step at ``train_freq=1`` (acting, training);
+        ``nn.Module.train`` walks the tree through ``Module.__setattr__``, which here
+        costs as much as a small network pass, so the flag is set directly on a cached
+        module list (unless a module overrides ``train``)."""
+        cache = self.__dict__.get("_mode_cache")
+        if cache is None or cache[0] is not self.q_net:
+            modules = list(self.q_net.modules())
+            plain = all(type(m).train is nn.Module.train for m in modules)
+            cache = (self.q_net, modules if plain else None)
+            self.__dict__["_mode_cache"] = cache
+        if cache[1] is None:
+            super().set_training_mode(mode)
+            return
+        mode = bool(mode)
+        for module in cache[1]:
+            module.__dict__["training"] = mode
+        self.__dict__["training"] = mode
+
+    def predict(
+        self,
+        observation: Any,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """``BasePolicy.predict``; a batch of (non-image) ``Box`` observations, the
+        rollout case, goes straight to the network, without SB3's generic conversion."""
+        box = self.__dict__.get("_plain_box")
+        if box is None:
+            space = self.observation_space
+            box = isinstance(space, spaces.Box) and not is_image_space(space)
+            self.__dict__["_plain_box"] = box
+        if (
+            box
+            and type(observation) is np.ndarray
+            and observation.shape[1:] == self.observation_space.shape
+        ):
+            self.set_training_mode(False)
+            obs = th.as_tensor(observation, device=self.log_prior.log_vec.device)
+            with th.no_grad():
+                actions = self._predict(obs, deterministic=deterministic)
+            return actions.cpu().numpy(), state
+        return super().predict(observation, state, episode_start, deterministic)
 
 
 class BatchedLinear(nn.Module):
@@ -116,8 +221,10 @@ class EnsembleMLP(nn.Module):
         self.rest = nn.Sequential(*layers)
 
     def forward(self, x: th.Tensor) -> th.Tensor:
-        h = self.first(x).view(x.shape[0], self.n_heads, self.first_width).transpose(0, 1)
-        return self.rest(h).transpose(0, 1)
+        first = self.first
+        h = F.linear(x, first.weight, first.bias)
+        h = h.view(x.shape[0], self.n_heads, self.first_width).transpose(0, 1)
+        return run_layers(self.rest, h).transpose(0, 1)
 
 
 def aggregate(heads: th.Tensor, how: str) -> th.Tensor:
@@ -168,7 +275,7 @@ class EnsembleLogUNetwork(QNetwork):
 
     def heads(self, obs: Any) -> th.Tensor:
         """All heads, shape ``(B, K, A)``."""
-        return self.q_net(self.extract_features(obs, self.features_extractor))
+        return self.q_net(features(self, obs))
 
     def forward(self, obs: Any) -> th.Tensor:
         return aggregate(self.heads(obs), self.aggregation)

@@ -23,7 +23,9 @@ def soft_logits(q: th.Tensor, log_prior: th.Tensor, beta: float) -> th.Tensor:
     return beta * q + log_prior
 
 
-def bellman_bound_offsets(residual: th.Tensor, gamma: float) -> tuple[th.Tensor, th.Tensor]:
+def bellman_bound_offsets(
+    residual: th.Tensor, gamma: float, dim: tuple[int, ...] | None = None
+) -> tuple[th.Tensor, th.Tensor]:
     """Offsets ``(L, U)`` with ``T Q + gamma (1-done) L <= Q* <= T Q + gamma (1-done) U``.
 
     ``residual`` holds ``D = T Q - Q`` on the taken actions of a batch, terminal
@@ -33,9 +35,13 @@ def bellman_bound_offsets(residual: th.Tensor, gamma: float) -> tuple[th.Tensor,
     it loosens the bound (``min D <= 0`` resp. ``max D >= 0``); otherwise ``min D`` resp.
     ``max D`` itself is used, which is valid for episodic and continuing problems alike.
     Over a batch the extremes are estimates of the extremes over all (s, a).
+    ``dim``: reduce over these axes only (several stacked residual sets at once, one pair
+    of offsets per remaining index); ``None`` reduces over all entries.
     """
-    d_min = residual.min()
-    d_max = residual.max()
+    if dim is None:
+        d_min, d_max = residual.min(), residual.max()
+    else:
+        d_min, d_max = residual.amin(dim), residual.amax(dim)
     scale = 1.0 / (1.0 - gamma)
     lower = th.where(d_min <= 0, d_min * scale, d_min)
     upper = th.where(d_max >= 0, d_max * scale, d_max)

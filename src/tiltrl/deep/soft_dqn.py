@@ -16,19 +16,22 @@ updates, callbacks, logger, VecEnvs and save/load are SB3's.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from stable_baselines3 import DQN
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import MaybeCallback
 from torch.nn import functional as F
 
-from tiltrl.deep.policies import SoftQPolicy
+from tiltrl.deep.policies import SoftQPolicy, sample_categorical
 from tiltrl.deep.priors import PriorSpec
 from tiltrl.deep.soft import soft_value
 
 LOSSES = ("huber", "mse")
+SelfSoftDQN = TypeVar("SelfSoftDQN", bound="SoftDQN")
 
 
 def td_loss(pred: th.Tensor, target: th.Tensor, kind: str) -> th.Tensor:
@@ -37,6 +40,22 @@ def td_loss(pred: th.Tensor, target: th.Tensor, kind: str) -> th.Tensor:
     if kind == "mse":
         return F.mse_loss(pred, target)
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def clip_grad_norm(params: Sequence[th.Tensor], max_norm: float) -> None:
+    """``th.nn.utils.clip_grad_norm_(params, max_norm)`` (L2, foreach path) for parameters
+    on one device and dtype: the same operations on the same values (so bit-identical),
+    without the per-call grouping by device and dtype and the no-op ``.to`` per tensor.
+    Falls back to torch's function for mixed devices or dtypes."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    first = grads[0]
+    if any(g.device != first.device or g.dtype != first.dtype for g in grads):
+        th.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    total = th.linalg.vector_norm(th.stack(th._foreach_norm(grads, 2.0)), 2.0)
+    th._foreach_mul_(grads, th.clamp(float(max_norm) / (total + 1e-6), max=1.0))
 
 
 class SoftDQN(DQN):
@@ -99,6 +118,72 @@ class SoftDQN(DQN):
             current.setdefault("optimizer_kwargs", {"fused": True})
         self.policy_kwargs = {**current, "beta": self.beta, "prior": self.prior}
         super()._setup_model()
+        self._pending_log: tuple[int, Any] | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_pending_log", "_param_cache"]
+
+    # -- one optimiser step -----------------------------------------------------------
+    def _parameter_lists(self) -> tuple[list[th.Tensor], list[th.Tensor]]:
+        """(parameters of the optimiser, parameters of ``q_net``), cached per network."""
+        cache = self.__dict__.get("_param_cache")
+        opt = self.policy.optimizer
+        if cache is None or cache[0] is not self.q_net or cache[1] is not opt:
+            opt_params: list[th.Tensor] = [p for g in opt.param_groups for p in g["params"]]
+            q_params: list[th.Tensor] = list(self.q_net.parameters())
+            cache = (self.q_net, opt, opt_params, q_params)
+            self._param_cache = cache
+        return cache[2], cache[3]
+
+    def _gradient_step(self, loss: th.Tensor) -> None:
+        """``optimizer.zero_grad()``, ``loss.backward()``, gradient-norm clipping of
+        ``q_net`` at ``max_grad_norm`` and ``optimizer.step()``: the same update as SB3's
+        DQN (the target network never gets gradients), with less Python around it."""
+        opt_params, q_params = self._parameter_lists()
+        for p in opt_params:  # zero_grad(set_to_none=True)
+            p.grad = None
+        loss.backward()
+        clip_grad_norm(q_params, self.max_grad_norm)
+        self.policy.optimizer.step()
+
+    # -- logging: once per logger dump, not once per gradient step ---------------------
+    def _record_train_log(self, pending: Any) -> None:
+        n_updates, steps = pending
+        rec = self.logger.record
+        rec("train/n_updates", n_updates, exclude="tensorboard")
+        rec("train/loss", float(np.mean([loss.item() for loss, _ in steps])))
+        rec("train/q_mean", float(np.mean([q.mean().item() for _, q in steps])))
+
+    def _flush_train_log(self) -> None:
+        """Record the statistics of the last ``train`` call (kept as tensors until now)."""
+        pending, self._pending_log = self.__dict__.get("_pending_log"), None
+        if pending is not None:
+            with th.no_grad():
+                self._record_train_log(pending)
+
+    def dump_logs(self) -> None:
+        self._flush_train_log()
+        super().dump_logs()
+
+    def learn(
+        self: SelfSoftDQN,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "DQN",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfSoftDQN:
+        super().learn(
+            total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+        self._flush_train_log()  # the last train() values stay readable in the logger
+        return self
 
     # -- the soft targets -------------------------------------------------------------
     def _soft_v(self, net: Any, obs: th.Tensor) -> th.Tensor:
@@ -107,7 +192,7 @@ class SoftDQN(DQN):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        losses, q_means = [], []
+        steps = []
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             with th.no_grad():
@@ -115,16 +200,12 @@ class SoftDQN(DQN):
                 target = data.rewards + (1.0 - data.dones) * self.gamma * v_next
             q = th.gather(self.q_net(data.observations), 1, data.actions.long())
             loss = td_loss(q, target, self.loss)
-            losses.append(loss.item())
-            q_means.append(q.mean().item())
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
+            self._gradient_step(loss)
+            steps.append((loss, q))
         self._n_updates += gradient_steps
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/loss", float(np.mean(losses)))
-        self.logger.record("train/q_mean", float(np.mean(q_means)))
+        # train/* values are the means over this call's gradient steps, as in SB3's DQN;
+        # they are computed (and synchronised to the host) only when the logger dumps
+        self._pending_log = (self._n_updates, steps)
 
     def _sample_action(
         self, learning_starts: int, action_noise: Any = None, n_envs: int = 1
@@ -134,7 +215,7 @@ class SoftDQN(DQN):
             obs, _ = self.policy.obs_to_tensor(self._last_obs)  # type: ignore[arg-type]
             with th.no_grad():
                 probs = th.softmax(self.policy.prior_logits(obs), dim=-1)  # type: ignore[arg-type]
-                action = th.multinomial(probs, 1).squeeze(-1).cpu().numpy()
+                action = sample_categorical(probs).cpu().numpy()
             return action, action
         return super()._sample_action(learning_starts, action_noise, n_envs)
 
