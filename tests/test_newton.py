@@ -50,8 +50,9 @@ def test_evaluation_lu_matches_dense_solves(seed, n, density, data):
                        atol=1e-12 * scale)
 
 
-def test_nearly_transient_ref_falls_back_to_the_ones_column_form():
+def test_nearly_transient_ref_falls_back_to_the_ones_column_form(monkeypatch):
     """``ref`` almost never visited: ``C`` is nearly singular although ``A`` is fine."""
+    monkeypatch.setattr(newton, "_BORDER_MIN_STATES", 0)
     n, ref = 6, 0
     K = np.zeros((n, n))
     K[0, 1] = 1.0  # ref leaves at once ...
@@ -72,9 +73,11 @@ def test_nearly_transient_ref_falls_back_to_the_ones_column_form():
     assert not isinstance(factorise_evaluation(kernel, n, ref, previous=lu), EvaluationLU)
 
 
+@pytest.mark.parametrize("bordered", [True, False])
 @pytest.mark.parametrize("beta", [1.0, 10.0, 100.0])
-def test_preconditioned_steps_reach_the_same_solution(monkeypatch, beta):
-    """GMRES steps with an old LU (forced on a small model) versus a new LU every step."""
+def test_preconditioned_steps_reach_the_same_solution(monkeypatch, beta, bordered):
+    """GMRES steps with an old LU (forced on a small model) versus a new LU every step,
+    with either factorisation of the evaluation matrix."""
     mdp = tiltrl.large_grid(12, 12, n_actions=4, slippery=0.2, seed=3)
     exact = tiltrl.solve(mdp, beta, tol=1e-12)
     calls = {"n": 0}
@@ -85,6 +88,7 @@ def test_preconditioned_steps_reach_the_same_solution(monkeypatch, beta):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(newton, "_REUSE_MIN_STATES", 0)
+    monkeypatch.setattr(newton, "_BORDER_MIN_STATES", 0 if bordered else 10**9)
     monkeypatch.setattr(newton, "_preconditioned_step", counted)
     reused = tiltrl.solve(mdp, beta, tol=1e-12)
     assert calls["n"] > 0

@@ -52,6 +52,10 @@ _REUSE_BELOW = 1.0
 #: Krylov dimension of a preconditioned Newton step before it gives up and refactorises
 _GMRES_RESTART = 30
 
+#: below this many states the dense column of ones costs little fill and the extra solves
+#: of EvaluationLU cost more than they save (measured: 5-35% slower on 81-256 states)
+_BORDER_MIN_STATES = 2_000
+
 #: largest residual of EvaluationLU's probe solve (right-hand side of size 1); above it the
 #: rank-one correction has cancelled too many digits and the ones-column form is used
 _BORDER_PROBE_TOL = 1e-11
@@ -227,12 +231,12 @@ class _OnesColumnLU:
 def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
                          ref: int, previous: Any = None) -> Any:
     """A factorisation of the Newton evaluation matrix with ``.solve(b, trans)``: the
-    sparse bordered form :class:`EvaluationLU`, or, where its ``C`` is singular, an LU of
-    the matrix with its column of ones (regularised if needed). Raises ``RuntimeError``
-    when even that fails. The fill-reducing ordering of ``previous`` (an earlier
-    factorisation of the same sparsity pattern) is reused when it has one; a ``previous``
-    of the ones-column form keeps that form."""
-    if previous is None or isinstance(previous, EvaluationLU):
+    sparse bordered form :class:`EvaluationLU`, or, on small models and where its ``C``
+    is ill-conditioned, an LU of the matrix with its column of ones (regularised if
+    needed). Raises ``RuntimeError`` when even that fails. The fill-reducing ordering of
+    ``previous`` (an earlier factorisation of the same sparsity pattern) is reused when it
+    has one; a ``previous`` of the ones-column form keeps that form."""
+    if n >= _BORDER_MIN_STATES and (previous is None or isinstance(previous, EvaluationLU)):
         try:
             return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", None))
         except RuntimeError:
