@@ -260,13 +260,26 @@ def _preconditioned_step(A: _EvaluationOperator, b: np.ndarray, lu: Any,
     one product from the COO triplets each) replace a new factorisation, and the step is
     an inexact Newton step (quadratic convergence is kept when the forcing term ``rtol``
     shrinks with the nonlinear residual; Eisenstat & Walker, SIAM J. Sci. Comput. 17,
-    1996). At most ``_GMRES_RESTART`` iterations: the caller judges the step by the
-    nonlinear residual and refactorises when it is not good enough.
+    1996). Two sweeps of plain iterative refinement come first (enough where the old LU
+    is still close, e.g. the next point of a continuation, and without GMRES's setup
+    cost), then at most ``_GMRES_RESTART`` GMRES iterations: the caller judges the step by
+    the nonlinear residual and refactorises when it is not good enough.
     """
+    # where the old LU is still close (continuation in a parameter, late Newton steps)
+    # plain iterative refinement gets there first, without GMRES's setup cost
+    x = lu.solve(b)
+    target = rtol * float(np.linalg.norm(b))
+    for _ in range(2):
+        r = b - A @ x
+        if not np.all(np.isfinite(r)):
+            return None
+        if float(np.linalg.norm(r)) <= target:
+            return np.asarray(x)
+        x = x + lu.solve(r)
     n = b.size
     op = LinearOperator((n, n), matvec=A.__matmul__, dtype=np.float64)
     prec = LinearOperator((n, n), matvec=lu.solve, dtype=np.float64)
-    x, _info = gmres(op, b, x0=lu.solve(b), rtol=rtol, atol=0.0, restart=_GMRES_RESTART,
+    x, _info = gmres(op, b, x0=x, rtol=rtol, atol=0.0, restart=_GMRES_RESTART,
                      maxiter=1, M=prec)
     return np.asarray(x) if np.all(np.isfinite(x)) else None
 
