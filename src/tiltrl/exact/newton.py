@@ -190,6 +190,9 @@ class EvaluationLU:
         self._g: np.ndarray | None = None  # C^{-T} e_ref, on the first transposed solve
         #: wall time of the factorisation: the yardstick for the cost of reusing it
         self.seconds = time.perf_counter() - start
+        #: set once a preconditioned step with it cost more than it should (see
+        #: newton_average): a later run given it as ``lu0`` refactorises at once
+        self.stale = False
 
     def _c_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
         if not self._permuted:
@@ -223,6 +226,7 @@ class _OnesColumnLU:
             # solution of the singular system; the next improvement step merges them
             self._lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(A.shape[0])))
         self.seconds = time.perf_counter() - start
+        self.stale = False
 
     def solve(self, b: np.ndarray, trans: str = "N") -> np.ndarray:
         return np.asarray(self._lu.solve(b, trans=trans))
@@ -327,7 +331,8 @@ def newton_average(
     it = 0
     lu = lu0
     factorisations = 0
-    reuse_allowed = True
+    # an lu0 marked stale by an earlier run only lends its ordering to a new LU
+    reuse_allowed = not getattr(lu0, "stale", False)
     # wall times of the last factorisation and of the last GMRES step (an lu0 without a
     # recorded time counts as expensive: it is only dropped when a step fails to halve)
     factor_time = getattr(lu0, "seconds", np.inf)
@@ -390,8 +395,10 @@ def newton_average(
         # The Jacobian drifts away from the factored one and GMRES needs ever more
         # iterations: refactorise once a step costs a quarter of a factorisation, unless
         # the next (quadratically convergent) step should be the last one
-        reuse_allowed = not (reused and step_time > _STALE_FRACTION * factor_time
-                             and trial[3] ** 2 > tol)
+        costly = reused and step_time > _STALE_FRACTION * factor_time
+        if costly and hasattr(lu, "stale"):
+            lu.stale = True  # for later runs that get it as lu0 (continuation)
+        reuse_allowed = not (costly and trial[3] ** 2 > tol)
         stalled = trial[3] > 0.5 * resid
         h, Th, kernel = h_try, Th_try, kernel_try
         theta, lo, hi, resid = trial

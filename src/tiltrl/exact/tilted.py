@@ -35,9 +35,25 @@ __all__ = [
 
 def row_logsumexp(z: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """``log sum exp`` of ``z`` over each CSR row (rows must be non-empty)."""
+    lengths = np.diff(indptr)
+    d = int(lengths[0]) if lengths.size else 0
+    if 0 < d <= 16 and z.size == d * lengths.size and np.all(lengths == d):
+        # rows of one length (rings, lattices, pair chains of open grids): a 2-D
+        # reduction is several times faster than reduceat over short segments
+        # (column by column: numpy reduces a short inner axis slowly)
+        Z = z.reshape(-1, d)
+        m = Z[:, 0].copy()
+        for j in range(1, d):
+            np.maximum(m, Z[:, j], out=m)
+        finite = np.isfinite(m)
+        m0 = np.where(finite, m, 0.0)
+        s = np.exp(Z[:, 0] - m0)
+        for j in range(1, d):
+            s += np.exp(Z[:, j] - m0)
+        with np.errstate(divide="ignore"):
+            return np.where(finite, m + np.log(s), m)
     starts = indptr[:-1]
     m = np.maximum.reduceat(z, starts)
-    lengths = np.diff(indptr)
     m_rep = np.repeat(m, lengths)
     finite = np.isfinite(m_rep)
     shifted = np.where(finite, z - np.where(finite, m_rep, 0.0), -np.inf)
