@@ -14,13 +14,18 @@ timed: ``numpy`` (one vectorised numpy update per step) and ``numba`` (the optio
 kernel, ``pip install tiltrl[fast]``: blocks of steps of all seeds in one jitted call, the
 same random stream and bit-identical tables); ``numba`` rows are skipped when it is missing.
 
-The peer is a plain per-seed Python loop implementing the same step (Boltzmann action
-from ``pi0 exp(beta Q)``, next state by inverse CDF with ``bisect`` on the row's
+The peer is a plain per-seed Python loop implementing the same algorithm (Boltzmann
+action from ``pi0 exp(beta Q)``, next state by inverse CDF with ``bisect`` on the row's
 cumulative probabilities, the same update with the per-visit step size) with Python
-floats and the ``math`` module -- the usual way to write a tabular learner. It runs one
-seed; a per-seed loop's aggregate rate does not depend on ``K``. Its tables are checked to
-be finite, and both implementations are checked against each other on one seed (same
-transitions -> same table, in ``tests/test_agents.py``). The loop and the vectorised runs
+floats and the ``math`` module -- the usual way to write a tabular learner. For
+``bounded_soft_q`` it clips the target to the soft Bellman bounds of the given model
+(:func:`loop_bounds`: the formulas of ``tiltrl.bounds.soft_bellman_bounds``, DESIGN.md §5),
+computed at the start and recomputed from its table after every ``BOUNDS_EVERY = 100``
+updates, as the learner does. It runs one seed; a per-seed loop's aggregate rate does not
+depend on ``K``. Its tables are checked to be finite. ``tests/test_bench_tabular.py``
+checks that it is the same algorithm: fed the uniforms of ``learn``'s random stream it
+learns the same table as ``learn(..., seeds=1)`` (to 1e-10; the same clipped targets for
+bounded soft Q), and its bounds equal ``tiltrl.bounds``. The loop and the vectorised runs
 are interleaved (one loop run and one run of each backend per repeat, at every ``K``), so a
 change of machine load during the benchmark affects all; the speed-up is the median of the
 paired ratios.
@@ -40,6 +45,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,7 @@ SEEDS = (1, 16, 256)
 BETA, GAMMA = 5.0, 0.9
 TARGET_RATE = 1e6
 TARGET_SPEEDUP = 30.0
+BOUNDS_EVERY = 100  # bounded soft Q: bounds refreshed after every 100 updates
 
 
 def build_model() -> Any:
@@ -69,7 +76,7 @@ def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int,
 
     kw: dict[str, Any] = {"gamma": GAMMA} if algo in ("soft_q", "bounded_soft_q") else {}
     if algo == "bounded_soft_q":
-        kw.update(model="given", bounds_every=100)
+        kw.update(model="given", bounds_every=BOUNDS_EVERY)
     t0 = time.perf_counter()
     res = learn(algo, mdp, beta=BETA, steps=steps, seeds=K, seed=seed, reference=False,
                 lr_decay="visits", backend=backend, **kw)
@@ -79,14 +86,66 @@ def run_vectorised(algo: str, mdp: Any, K: int, steps: int, seed: int,
     return elapsed
 
 
-def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
-    """One seed, plain Python: same sampling, same update (per-visit 1/(1+n)^0.7)."""
+def loop_bounds(q: list[list[float]], log_pi0: list[list[float]], rbar: list[list[float]],
+                trans: list[list[tuple[int, float]]], beta: float, gamma: float,
+                ) -> tuple[list[list[float]], list[list[float]]]:
+    """Soft Bellman bounds of one table with the given model, plain Python: the formulas
+    of :func:`tiltrl.bounds.soft_bellman_bounds` (DESIGN.md §5).
+
+    ``V(s) = (log sum_a exp(x_a - m) + m) / beta`` with ``x = log pi0 + beta Q`` and ``m``
+    its max; ``TQ(s,a) = r(s,a) + gamma sum_s' p(s'|s,a) V(s')``; ``D = TQ - Q``;
+    ``lb, ub = TQ + gamma/(1-gamma) * (min D, max D)``; a crossed pair (``lb > ub``, rounding
+    only) gets ``(-inf, inf)`` (not clipped), as in the learner.
+    """
+    v = []
+    for lp_s, q_s in zip(log_pi0, q, strict=True):
+        x = [lp + beta * qa for lp, qa in zip(lp_s, q_s, strict=True)]
+        m = max(x)
+        if not math.isfinite(m):
+            m = 0.0
+        v.append((math.log(sum([math.exp(xa - m) for xa in x])) + m) / beta)
+    A = len(q[0])
+    tq = []
+    d_min, d_max = math.inf, -math.inf
+    for s, (r_s, q_s) in enumerate(zip(rbar, q, strict=True)):
+        t_s = []
+        for a in range(A):
+            t = r_s[a] + gamma * sum([p * v[j] for j, p in trans[s * A + a]])
+            d = t - q_s[a]
+            if d < d_min:
+                d_min = d
+            if d > d_max:
+                d_max = d
+            t_s.append(t)
+        tq.append(t_s)
+    c = gamma / (1.0 - gamma)
+    lo_add, hi_add = c * d_min, c * d_max
+    lb = [[t + lo_add for t in t_s] for t_s in tq]
+    ub = [[t + hi_add for t in t_s] for t_s in tq]
+    for lb_s, ub_s in zip(lb, ub, strict=True):
+        for a in range(A):
+            if lb_s[a] > ub_s[a]:
+                lb_s[a], ub_s[a] = -math.inf, math.inf
+    return lb, ub
+
+
+def loop_learner(algo: str, mdp: Any, steps: int, rand: Callable[[], float], *,
+                 beta: float = BETA, gamma: float = GAMMA, bounds_every: int = BOUNDS_EVERY,
+                 ) -> tuple[list[list[float]], float, int]:
+    """One seed, plain Python: same sampling, same update (per-visit 1/(1+n)^0.7).
+
+    ``rand()`` gives the uniforms: the initial state, then per step the action and the next
+    state. ``bounded_soft_q`` is the given-model learner of the benchmark: the target is
+    clipped to the soft Bellman bounds (:func:`loop_bounds`), computed from the table at the
+    start and recomputed after every ``bounds_every`` updates. Returns the table, the
+    seconds of the steps (bounds included) and the number of clipped targets.
+    """
     S, A = mdp.shape
     P = mdp.P
-    rng = random.Random(seed)
     cum: list[list[float]] = []
     nxt: list[list[int]] = []
     rew: list[list[float]] = []
+    trans: list[list[tuple[int, float]]] = []
     r_all = mdp.reward_per_transition()
     for row in range(S * A):
         lo, hi = int(P.indptr[row]), int(P.indptr[row + 1])
@@ -95,27 +154,34 @@ def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
         cum.append(c)
         nxt.append([int(x) for x in P.indices[lo:hi]])
         rew.append([float(x) for x in r_all[lo:hi]])
+        trans.append([(int(j), float(p)) for j, p in zip(P.indices[lo:hi], P.data[lo:hi],
+                                                        strict=True)])
     pi0 = mdp.prior.tolist()
-    beta, gamma = BETA, GAMMA
+    log_pi0 = [[math.log(p) if p > 0 else -math.inf for p in row_] for row_ in pi0]
+    rbar = np.asarray(mdp.reward, dtype=float).tolist()
+    bounded = algo == "bounded_soft_q"
     scale = 1.0 if algo == "u_learning" else beta
     q = [[0.0] * A for _ in range(S)]
     visits = [[0] * A for _ in range(S)]
     theta = 0.0
     eta = 0.01
+    n_clipped = 0
     init_cum = list(np.cumsum(mdp.initial))
-    s = bisect.bisect_right(init_cum, rng.random())
+    s = bisect.bisect_right(init_cum, rand())
     t0 = time.perf_counter()
-    for _ in range(steps):
+    if bounded:
+        lb, ub = loop_bounds(q, log_pi0, rbar, trans, beta, gamma)
+    for t in range(1, steps + 1):
         row_q = q[s]
         m = max(row_q)
         w = [pi0[s][j] * math.exp(scale * (row_q[j] - m)) for j in range(A)]
-        x = rng.random() * sum(w)
+        x = rand() * sum(w)
         a, acc = 0, w[0]
         while acc < x and a < A - 1:
             a += 1
             acc += w[a]
         row = s * A + a
-        j = min(bisect.bisect_right(cum[row], rng.random()), len(cum[row]) - 1)
+        j = min(bisect.bisect_right(cum[row], rand()), len(cum[row]) - 1)
         s2, r = nxt[row][j], rew[row][j]
         q2 = q[s2]
         m2 = max(q2)
@@ -124,8 +190,16 @@ def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
         n = visits[s][a]
         visits[s][a] = n + 1
         alpha = (1.0 + n) ** -0.7
-        if algo in ("soft_q", "bounded_soft_q"):
+        if algo == "soft_q":
             q[s][a] += alpha * (r + gamma * lse / beta - q[s][a])
+        elif bounded:
+            y = r + gamma * lse / beta
+            yc = min(max(y, lb[s][a]), ub[s][a])
+            if yc != y:
+                n_clipped += 1
+            q[s][a] += alpha * (yc - q[s][a])
+            if t % bounds_every == 0:
+                lb, ub = loop_bounds(q, log_pi0, rbar, trans, beta, gamma)
         elif algo == "differential_soft_q":
             step = alpha * (r - theta + lse / beta - q[s][a])
             q[s][a] += step
@@ -140,7 +214,12 @@ def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
     elapsed = time.perf_counter() - t0
     if not all(math.isfinite(v) for row_ in q for v in row_):
         raise RuntimeError(f"loop {algo}: non-finite table")
-    return elapsed
+    return q, elapsed, n_clipped
+
+
+def run_loop(algo: str, mdp: Any, steps: int, seed: int) -> float:
+    """Seconds of :func:`loop_learner` for one seed with Python's ``random``."""
+    return loop_learner(algo, mdp, steps, random.Random(seed).random)[1]
 
 
 def peak_memory_mb(algo: str, mdp: Any, K: int, steps: int, backend: str) -> float:

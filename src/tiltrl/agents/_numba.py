@@ -10,10 +10,13 @@ of the numpy path in the same order (the same ``exp``/``log``/``log1p`` of the C
 are bit-identical to the numpy backend (``tests/test_agents.py`` checks this).
 
 Block boundaries are set by the driver: a bounded learner's bounds refresh and a
-U-learner's normalisation happen between blocks, exactly at the update where the numpy
-path does them; a bounded learner's given-model refresh is jitted too (:func:`refresh_bounds`,
-the same operations in the same order as the numpy refresh, bit-identical bounds). This
-module imports numba; ``import tiltrl`` never imports it.
+U-learner's normalisation happen at the end of a block, exactly at the update where the
+numpy path does them. A bounded learner's given-model refresh is done inside the kernel,
+for each seed right after its steps while its table is in cache (the seeds' bounds are
+independent): :func:`_refresh_seed` does the operations of the numpy refresh in the same
+order, so the bounds are bit-identical; it keeps the soft values of the table's columns
+and recomputes only those whose bits changed, and writes the bounds in place. This module
+imports numba; ``import tiltrl`` never imports it.
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
             start, thresholds, use_th, keys, last, nxt, reward,
             algo, beta, gamma, decay, lr, visits, alpha_tab, log_a, log1m_a, n_upd0,
             theta, eta, fixed, log_lr, log1m_lr,
-            lb, ub, clip, clip_w, use_counts, nvis, rsum, nextc):
+            lb, ub, clip, clip_w, use_counts, nvis, rsum, nextc,
+            refresh, q_bits, lp_m, rew_m, indptr, indices, data, b_scale, v_cache, v_bits,
+            v_ok, tq):
     n = u.shape[0]
     K = s_arr.shape[0]
     A = flat.shape[0] // (K * lpT.shape[1])
@@ -79,6 +84,7 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
     x = np.empty(A)
     e = np.empty(A)
     n_clipped = 0
+    crossed = 0
     for k in range(K):
         s = s_arr[k]
         z = z_arr[k]
@@ -134,8 +140,10 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
                 m = _maximum(m, x[j])
             zz = 0.0
             for j in range(A):
-                e[j] = math.exp(x[j] - m)
-                zz = e[j] if j == 0 else zz + e[j]
+                d = x[j] - m
+                ej = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
+                e[j] = ej
+                zz = ej if j == 0 else zz + ej
             # ---------------------------------------------------------- step size
             fi = a * KS + base + s
             if decay == 1:
@@ -215,127 +223,201 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
                 zz += new - old
             z = zz
             s = s2
+        if refresh:
+            # the bounds refresh after the block's last update, for this seed while its
+            # table is in cache (seeds are independent), then fresh behaviour weights of
+            # its state, as the numpy learner returns after a refresh
+            c = _refresh_seed(k, flat, q_bits, K, S, lp_m, rew_m, beta, gamma, b_scale,
+                              indptr, indices, data, lb, ub, v_cache, v_bits, v_ok, tq)
+            if c < 0:
+                return n_clipped, -1
+            crossed += c
+            for j in range(A):
+                xv = flat[j * KS + base + s]
+                if scale != 1.0:
+                    xv *= scale
+                xv += lpT[j, s]
+                x[j] = xv
+            m = x[0]
+            for j in range(1, A):
+                m = _maximum(m, x[j])
+            zz = 0.0
+            for j in range(A):
+                d = x[j] - m
+                ej = 1.0 if d == 0.0 else math.exp(d)
+                e[j] = ej
+                zz = ej if j == 0 else zz + ej
+            z = zz
         s_arr[k] = s
         z_arr[k] = z
         for j in range(A):
             e_arr[j, k] = e[j]
         theta[k] = th_k
-    return n_clipped
+    return n_clipped, crossed
+
+
+_EXP_MASK = np.int64(0x7FF0000000000000)  # an IEEE double is finite iff these bits are not all set
 
 
 @numba.njit(cache=True)
-def _refresh_given(q, lp_cols, r_cols, beta, gamma, scale, indptr, indices, data,
-                   K, S, lb, ub, q_bits, v, v_bits, v_ok):  # noqa: C901
-    """``BoundedSoftQLearner._refresh_in_layout`` (given model) in the ``(A, K*S)`` layout:
-    the same operations in the same order (action sums row by row as numpy's ``axis=0``
-    reduction, each ``P`` row summed in index order from ``0.0`` as scipy's CSR mat-vec).
-    Writes ``lb``/``ub``; returns the number of crossings, or -1 if ``q`` is not finite.
-    ``q_bits`` is ``q`` viewed as int64; ``v``, ``v_bits``, ``v_ok`` are the learner's cache
-    of soft values (``(S, K)``), the bits of the ``Q`` they came from and their validity."""
-    A = q.shape[0]
+def _refresh_seed(k, q, q_bits, K, S, lp, rew, beta, gamma, scale, indptr, indices, data,
+                  lb, ub, v, v_bits, v_ok, tq):  # noqa: C901
+    """``BoundedSoftQLearner._refresh_in_layout`` (given model) for seed ``k`` of the flat
+    ``(A, K*S)`` table ``q``: the same operations in the same order for every entry (action
+    sums as numpy's ``axis=0`` reduction, each ``P`` row summed in index order from ``0.0``
+    as scipy's CSR mat-vec, the seed's residual extremes over its pairs in ``(s, a)``
+    order), so bit-identical bounds. Writes the seed's ``lb``/``ub`` entries (not when its
+    ``Q`` is not finite); returns its number of crossings, or -1 if its ``Q`` is not finite.
+
+    ``q_bits`` is ``q`` viewed as int64; ``lp``, ``rew`` are ``log pi0`` and ``r`` of the
+    model as ``(A, S)``; ``v`` (``(K, S)``), ``v_bits`` (like ``q_bits``) and ``v_ok``
+    (``(K*S,)``) are a cache of soft values, the bits of the ``Q`` column each came from and
+    their validity: a column with the same bits has the same, finite, value and is not
+    recomputed; ``tq`` is scratch of ``S*A`` floats."""
+    A = lp.shape[0]
     KS = K * S
-    for a in range(A):
-        for j in range(KS):
-            if not np.isfinite(q[a, j]):
+    base = k * S
+    vk = v[k]
+    # ---------------------------------------------------------------- soft values V(s)
+    for s in range(S):
+        j = base + s
+        same = v_ok[j]
+        for a in range(A):
+            b = q_bits[a * KS + j]
+            if b != v_bits[a * KS + j]:
+                same = False
+                v_bits[a * KS + j] = b
+        if same:
+            continue
+        for a in range(A):
+            if (q_bits[a * KS + j] & _EXP_MASK) == _EXP_MASK:  # inf or nan
+                v_ok[j] = False
                 return -1
-    # v[s, k]: the (S, K) right-hand side of scipy's P @ V, kept between calls with the
-    # bits of the Q column it came from; a column with the same bits has the same value
-    x = np.empty(A)
-    for k in range(K):
+        m = -np.inf
+        for a in range(A):
+            m = _maximum(m, lp[a, s] + beta * q[a * KS + j])
+        if not np.isfinite(m):
+            m = 0.0
+        tot = 0.0
+        for a in range(A):
+            d = (lp[a, s] + beta * q[a * KS + j]) - m
+            ea = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
+            tot = ea if a == 0 else tot + ea
+        vk[s] = (math.log(tot) + m) / beta if tot > 0.0 else (-np.inf + m) / beta
+        v_ok[j] = True
+    # ---------------------------------------------------------------- TQ = r + gamma P V
+    d_min = np.inf
+    d_max = -np.inf
+    for s in range(S):
+        j = base + s
+        for a in range(A):
+            row = s * A + a
+            y = 0.0
+            for jj in range(indptr[row], indptr[row + 1]):
+                y += data[jj] * vk[indices[jj]]
+            t = rew[a, s] + gamma * y
+            tq[row] = t
+            resid = t - q[a * KS + j]
+            if np.isfinite(resid):
+                d_min = _minimum(d_min, resid)
+                d_max = _maximum(d_max, resid)
+    if d_min == np.inf:  # no valid entry (a valid residual is finite)
+        d_min = np.nan
+        d_max = np.nan
+    # ---------------------------------------------------------------- bounds
+    crossed = 0
+    for a in range(A):
         for s in range(S):
-            j = k * S + s
-            same = v_ok[j]
-            for a in range(A):
-                if q_bits[a, j] != v_bits[a, j]:
-                    same = False
-                    v_bits[a, j] = q_bits[a, j]
-            if same:
-                continue
-            v_ok[j] = True
-            m = -np.inf
-            for a in range(A):
-                x[a] = lp_cols[a, j] + beta * q[a, j]
-                m = _maximum(m, x[a])
-            if not np.isfinite(m):
-                m = 0.0
-            tot = 0.0
-            for a in range(A):
-                d = x[a] - m
-                ea = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
-                tot = ea if a == 0 else tot + ea
-            v[s, k] = (math.log(tot) + m) / beta if tot > 0.0 else (-np.inf + m) / beta
-    # scipy's csr_matvecs: y[row, :] += P[row, col] * v[col, :], entries in index order
-    tq = np.zeros((S * A, K))
-    for row in range(S * A):
-        y = tq[row]
-        for jj in range(indptr[row], indptr[row + 1]):
-            p = data[jj]
-            src = v[indices[jj]]
-            for k in range(K):
-                y[k] += p * src[k]
+            i = a * KS + base + s
+            t = tq[s * A + a]
+            if np.isfinite(t - q[i]):
+                lo = t + scale * d_min
+                hi = t + scale * d_max
+            else:
+                lo = -np.inf
+                hi = np.inf
+            if lo > hi:
+                crossed += 1
+            if lo <= hi:
+                lb[i] = lo
+                ub[i] = hi
+            else:
+                lb[i] = -np.inf
+                ub[i] = np.inf
+    return crossed
+
+
+@numba.njit(cache=True)
+def _refresh_all(q, q_bits, K, S, lp, rew, beta, gamma, scale, indptr, indices, data,
+                 lb, ub, v, v_bits, v_ok, tq):
     crossed = 0
     for k in range(K):
-        base = k * S
-        d_min = np.inf
-        d_max = -np.inf
-        for s in range(S):
-            j = base + s
-            for a in range(A):
-                t = r_cols[a, j] + gamma * tq[s * A + a, k]
-                lb[a * KS + j] = t  # staged; finished below
-                resid = t - q[a, j]
-                if np.isfinite(resid):
-                    d_min = _minimum(d_min, resid)
-                    d_max = _maximum(d_max, resid)
-        if d_min == np.inf:  # no valid entry (a valid residual is finite)
-            d_min = np.nan
-            d_max = np.nan
-        for a in range(A):
-            for s in range(S):
-                i = a * KS + base + s
-                t = lb[i]
-                if np.isfinite(t - q[a, base + s]):
-                    lo = t + scale * d_min
-                    hi = t + scale * d_max
-                else:
-                    lo = -np.inf
-                    hi = np.inf
-                if lo > hi:
-                    crossed += 1
-                if lo <= hi:
-                    lb[i] = lo
-                    ub[i] = hi
-                else:
-                    lb[i] = -np.inf
-                    ub[i] = np.inf
+        c = _refresh_seed(k, q, q_bits, K, S, lp, rew, beta, gamma, scale, indptr, indices,
+                          data, lb, ub, v, v_bits, v_ok, tq)
+        if c < 0:
+            return -1
+        crossed += c
     return crossed
+
+
+def _refresh_state(learner: BoundedSoftQLearner) -> tuple[Any, ...]:
+    """The model arrays, the soft-value cache and the scratch of the jitted given-model
+    refresh (kept on the learner)."""
+    st = getattr(learner, "_numba_refresh", None)
+    if st is None:
+        model = learner._model
+        assert model is not None
+        A, K, S = learner.A, learner.K, learner.S
+        with np.errstate(divide="ignore"):
+            lp = np.log(np.asarray(model.prior, dtype=np.float64))
+        P = model.P
+        # the kernel's argument order: lp, rew, indptr, indices, data, scale, v, v_bits,
+        # v_ok, tq
+        st = (np.ascontiguousarray(lp.T),
+              np.ascontiguousarray(np.asarray(model.reward, dtype=np.float64).T),
+              np.ascontiguousarray(P.indptr, dtype=np.int64),
+              np.ascontiguousarray(P.indices, dtype=np.int64),
+              np.ascontiguousarray(P.data, dtype=np.float64),
+              learner.gamma / (1.0 - learner.gamma),
+              np.empty((K, S)), np.zeros(A * K * S, dtype=np.int64),
+              np.zeros(K * S, dtype=np.bool_), np.empty(S * A))
+        learner._numba_refresh = st  # type: ignore[attr-defined]
+    return st
+
+
+def _own_bounds(learner: BoundedSoftQLearner) -> tuple[np.ndarray, np.ndarray]:
+    """``learner.lb``/``ub`` as writable contiguous float64 arrays (rebound if copied)."""
+    for name in ("lb", "ub"):
+        arr = getattr(learner, name)
+        if not (arr.dtype == np.float64 and arr.flags.c_contiguous and arr.flags.writeable
+                and arr.flags.owndata):
+            setattr(learner, name, np.array(arr, dtype=np.float64))
+    return learner.lb, learner.ub
+
+
+def _uses_jitted_refresh(learner: TabularLearner) -> bool:
+    return (isinstance(learner, BoundedSoftQLearner) and learner.bounds_kind == "residual"
+            and learner._model is not None)
 
 
 def refresh_bounds(learner: BoundedSoftQLearner) -> None:
     """:meth:`BoundedSoftQLearner.refresh_bounds` with the given-model refresh jitted
-    (bit-identical bounds); other bound kinds use the learner's own method."""
-    if learner.bounds_kind != "residual" or learner._model is None:
+    (bit-identical bounds); other bound kinds use the learner's own method.
+
+    The bounds are written in place into ``learner.lb``/``ub`` (like the table, they are
+    the learner's state), after ``Q`` is checked to be finite."""
+    if not _uses_jitted_refresh(learner):
         learner.refresh_bounds()
         return
-    lp_cols, r_cols = learner._layout_cache()
-    P = learner._model.P
-    A, K, S = learner.A, learner.K, learner.S
-    lb = np.empty(A * K * S)
-    ub = np.empty(A * K * S)
-    cache = getattr(learner, "_numba_v_cache", None)
-    if cache is None:
-        cache = (np.empty((S, K)), np.zeros((A, K * S), dtype=np.int64),
-                 np.zeros(K * S, dtype=np.bool_))
-        learner._numba_v_cache = cache  # type: ignore[attr-defined]
-    q = np.ascontiguousarray(learner.table)
-    crossed = _refresh_given(q, lp_cols, r_cols, float(learner.beta),
-                             float(learner.gamma), learner.gamma / (1.0 - learner.gamma),
-                             P.indptr, P.indices, P.data, K, S, lb, ub,
-                             q.view(np.int64), *cache)
-    if crossed < 0:
+    q = learner._flat
+    if not np.all(np.isfinite(q)):
         raise ValueError("Q has non-finite entries")
+    lb, ub = _own_bounds(learner)
+    lp, rew, indptr, indices, data, scale, v, v_bits, v_ok, tq = _refresh_state(learner)
+    crossed = _refresh_all(q, q.view(np.int64), learner.K, learner.S, lp, rew,
+                           float(learner.beta), float(learner.gamma), scale, indptr, indices,
+                           data, lb, ub, v, v_bits, v_ok, tq)
     learner.crossed += int(crossed)
-    learner.lb, learner.ub = lb, ub
 
 
 def supported(learner: TabularLearner, sampler: Any) -> bool:
@@ -361,6 +443,9 @@ def block_limit(learner: TabularLearner) -> int | None:
 
 _EMPTY_F = np.empty(0)
 _EMPTY_I = np.empty(0, dtype=np.int64)
+#: the refresh arguments of the kernel when it does not refresh (same types, empty)
+_NO_REFRESH = (np.empty((0, 0)), np.empty((0, 0)), _EMPTY_I, _EMPTY_I, _EMPTY_F, 0.0,
+               np.empty((0, 0)), _EMPTY_I, np.empty(0, dtype=np.bool_), _EMPTY_F)
 
 
 def _sampler_arrays(sampler: MDPSampler) -> tuple[Any, ...]:
@@ -426,19 +511,35 @@ def run_block(learner: TabularLearner, sampler: MDPSampler, u: np.ndarray, s: np
         if decay == 1 and not fixed:
             log_a, log1m_a = learner._log_alpha_tables(alpha_tab.size - 1)
     start, thr, use_th, keys, last, nxt, reward = _sampler_arrays(sampler)
-    n_clipped = _kernel(
+    # a given-model bounds refresh after the block's last update is done in the kernel
+    refresh = (isinstance(learner, BoundedSoftQLearner)
+               and (learner.n_updates + n) % learner.bounds_every == 0
+               and _uses_jitted_refresh(learner))
+    if refresh:
+        assert isinstance(learner, BoundedSoftQLearner)
+        lb, ub = _own_bounds(learner)
+        ref: tuple[Any, ...] = _refresh_state(learner)
+    else:
+        ref = _NO_REFRESH
+    q_bits = learner._flat.view(np.int64)
+    n_clipped, crossed = _kernel(
         u, s, e, z, learner._flat, learner._lpT, float(learner._scale),
         soft, float(epsilon), cum_prior_T,
         start, thr, use_th, keys, last, nxt, reward,
         algo, learner.beta, float(gamma), decay, float(step.lr), visits, alpha_tab, log_a,
         log1m_a, learner.n_updates, theta, float(eta), fixed, log_lr, log1m_lr,
         lb, ub, clip, float(clip_w), use_counts, nvis, rsum, nextc,
+        refresh, q_bits, *ref,
     )
     learner.n_updates += n
     if isinstance(learner, BoundedSoftQLearner):
         learner.n_clipped += int(n_clipped)
-        if learner.n_updates % learner.bounds_every == 0:
-            refresh_bounds(learner)
+        if refresh:
+            if crossed < 0:
+                raise ValueError("Q has non-finite entries")
+            learner.crossed += int(crossed)
+        elif learner.n_updates % learner.bounds_every == 0:
+            learner.refresh_bounds()
             e, z = learner.behaviour_weights(s)
     elif isinstance(learner, ULearner):
         if learner.n_updates % learner.normalise_every == 0:
