@@ -96,3 +96,51 @@ def test_preconditioned_steps_reach_the_same_solution(monkeypatch, beta, bordere
     assert reused.theta == pytest.approx(exact.theta, rel=1e-12, abs=1e-14)
     assert np.allclose(reused.log_u, exact.log_u, rtol=0, atol=1e-9)
     assert np.allclose(reused.stationary, exact.stationary, rtol=1e-8, atol=1e-14)
+
+
+@pytest.mark.parametrize("stale_fraction", [0.0, 1e9])
+def test_scgf_continuation_with_reused_lus_matches_independent_solves(monkeypatch,
+                                                                      stale_fraction):
+    """Over a grid of k the LU of one k preconditions the next; with every reused LU
+    marked stale at once (fraction 0) or never (1e9) the values equal cold solves."""
+    from tiltrl.ld import MarkovChain, scgf
+
+    n = 60
+    x = np.arange(n)
+    p = 0.3 + 0.1 * np.sin(2 * np.pi * x / 6)
+    q = 0.2 + 0.05 * np.cos(2 * np.pi * x / 6)
+    P = sp.csr_matrix((np.concatenate([p, q, 1 - p - q]),
+                       (np.concatenate([x, x, x]),
+                        np.concatenate([(x + 1) % n, (x - 1) % n, x]))), shape=(n, n))
+    f = sp.csr_matrix((np.concatenate([np.ones(n), -np.ones(n)]),
+                       (np.concatenate([x, x]), np.concatenate([(x + 1) % n, (x - 1) % n]))),
+                      shape=(n, n))
+    chain = MarkovChain(P)
+    ks = np.linspace(-2.0, 2.0, 25)
+    cold = np.array([scgf(chain, f, float(k)) for k in ks])
+    monkeypatch.setattr(newton, "_REUSE_MIN_STATES", 0)
+    monkeypatch.setattr(newton, "_BORDER_MIN_STATES", 0)
+    monkeypatch.setattr(newton, "_STALE_FRACTION", stale_fraction)
+    warm = scgf(chain, f, ks)
+    assert np.allclose(warm, cold, rtol=0, atol=1e-12)
+
+
+def test_a_stale_lu0_is_refactorised_at_the_first_step(monkeypatch):
+    mdp = tiltrl.large_grid(10, 10, n_actions=4)
+    monkeypatch.setattr(newton, "_REUSE_MIN_STATES", 0)
+    first = tiltrl.solve(mdp, 5.0)
+    from tiltrl.exact.average import _kernel_evaluator
+    from tiltrl.exact.tilted import state_log_kernel
+
+    kernel = state_log_kernel(mdp, 5.0, 0.0)
+    evaluate = _kernel_evaluator(kernel, 5.0)
+    lu = factorise_evaluation(evaluate(np.zeros(kernel.n))[1], kernel.n, 0)
+    fresh = newton.newton_average(evaluate, np.zeros(kernel.n), ref=0, beta=5.0, tol=1e-12,
+                                  max_iter=50, lu0=lu)
+    lu.stale = True
+    refreshed = newton.newton_average(evaluate, np.zeros(kernel.n), ref=0, beta=5.0,
+                                      tol=1e-12, max_iter=50, lu0=lu)
+    assert fresh.converged and refreshed.converged
+    assert refreshed.factorisations >= 1 and refreshed.lu is not lu
+    assert refreshed.theta == pytest.approx(fresh.theta, abs=1e-12)
+    assert refreshed.theta == pytest.approx(first.theta, abs=1e-10)
