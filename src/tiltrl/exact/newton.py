@@ -60,6 +60,9 @@ _BORDER_MIN_STATES = 2_000
 #: rank-one correction has cancelled too many digits and the ones-column form is used
 _BORDER_PROBE_TOL = 1e-11
 
+#: sweeps of iterative refinement a preconditioned step tries before GMRES
+_REFINEMENT_SWEEPS = 2
+
 #: refactorise after a preconditioned step that took this fraction of a factorisation's
 #: time: later steps would pay more in iterations than a fresh LU costs (measured on grid
 #: worlds of 1e5 and 1e6 pairs, 1/4 beats 1/2 by 20% and more)
@@ -107,30 +110,52 @@ def _evaluation_matrix(
 
 
 class _EvaluationOperator:
-    """``A = I - K`` with column ``ref`` replaced by ones, applied from the COO triplets of
-    ``K`` without assembling a sparse matrix (assembling costs as much as several
-    products, and preconditioned steps need products only)."""
+    """``A = I - K`` with column ``ref`` replaced by ones, applied through ``K`` in CSR
+    form. The triplets of the solver's kernels come sorted by row, so the CSR matrix is
+    built without a COO conversion (an ``indptr`` from the row counts); unsorted triplets
+    are converted once."""
 
     def __init__(self, kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
                  ref: int) -> None:
         self.kernel, self.n, self.ref = kernel, n, ref
+        self._K: sp.csr_matrix | None = None
+        self._k_ref: np.ndarray | None = None
+
+    def _csr(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        if self._K is None or self._k_ref is None:
+            rows, cols, vals = self.kernel
+            n = self.n
+            if rows.size and np.all(rows[1:] >= rows[:-1]):
+                indptr = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+                self._K = sp.csr_matrix((vals, cols, indptr), shape=(n, n))
+            else:
+                self._K = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+            at_ref = cols == self.ref
+            self._k_ref = np.bincount(rows[at_ref], weights=vals[at_ref], minlength=n)
+        return self._K, self._k_ref
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
-        rows, cols, vals = self.kernel
+        K, k_ref = self._csr()
         # (I - K) x, then swap column ref of (I - K) for a column of ones
-        kx = np.bincount(rows, weights=vals * x[cols], minlength=self.n)
-        at_ref = cols == self.ref
-        k_ref = np.bincount(rows[at_ref], weights=vals[at_ref], minlength=self.n)
-        out = x - kx + (k_ref + 1.0) * x[self.ref]
+        out = x - K @ x + (k_ref + 1.0) * x[self.ref]
         out[self.ref] -= x[self.ref]
-        return out
+        return np.asarray(out)
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
         """``A^T y``: ``y - K^T y`` except entry ``ref``, which is ``sum(y)``."""
-        rows, cols, vals = self.kernel
-        out = y - np.bincount(cols, weights=vals * y[rows], minlength=self.n)
+        K, _ = self._csr()
+        out = y - K.T @ y
         out[self.ref] = y.sum()
-        return out
+        return np.asarray(out)
+
+
+def _init_reuse_record(lu: Any) -> None:
+    """What reusing a factorisation has cost so far (see :func:`newton_average`)."""
+    lu.base_step = None  # time of the first preconditioned step with it
+    lu.extra = 0.0  # sum of the later steps' time above that first one
+    lu.stale = False  # the extra has paid for a new factorisation: a run given it as
+    # lu0 (the next point of a continuation) refactorises at once
 
 
 class EvaluationLU:
@@ -190,9 +215,7 @@ class EvaluationLU:
         self._g: np.ndarray | None = None  # C^{-T} e_ref, on the first transposed solve
         #: wall time of the factorisation: the yardstick for the cost of reusing it
         self.seconds = time.perf_counter() - start
-        #: set once a preconditioned step with it cost more than it should (see
-        #: newton_average): a later run given it as ``lu0`` refactorises at once
-        self.stale = False
+        _init_reuse_record(self)
 
     def _c_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
         if not self._permuted:
@@ -226,7 +249,7 @@ class _OnesColumnLU:
             # solution of the singular system; the next improvement step merges them
             self._lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(A.shape[0])))
         self.seconds = time.perf_counter() - start
-        self.stale = False
+        _init_reuse_record(self)
 
     def solve(self, b: np.ndarray, trans: str = "N") -> np.ndarray:
         return np.asarray(self._lu.solve(b, trans=trans))
@@ -273,7 +296,7 @@ def _preconditioned_step(A: _EvaluationOperator, b: np.ndarray, lu: Any,
     # plain iterative refinement gets there first, without GMRES's setup cost
     x = lu.solve(b)
     target = rtol * float(np.linalg.norm(b))
-    for _ in range(2):
+    for _ in range(_REFINEMENT_SWEEPS):
         r = b - A @ x
         if not np.all(np.isfinite(r)):
             return None
@@ -299,6 +322,7 @@ def newton_average(
     progress: Callable[[int, float], None] | None = None,
     lu0: Any = None,
     max_blowups: int | None = None,
+    first: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> NewtonResult:
     """Solve ``h + theta = T h`` (``h[ref]`` fixed) by Newton / soft policy iteration.
 
@@ -322,6 +346,8 @@ def newton_average(
     ``lu0`` is an LU of a nearby evaluation matrix of the same size (e.g. from the previous
     point of a continuation in a parameter): preconditioned steps start from it at once.
 
+    ``first`` is ``evaluate(h0)`` when the caller already has it.
+
     ``converged`` is also set when the residual stalls at the floating-point floor
     ``64 eps max(1, beta max|h|)`` above ``tol``; ``note`` then says so.
     """
@@ -338,7 +364,7 @@ def newton_average(
     factor_time = getattr(lu0, "seconds", np.inf)
     step_time = 0.0
     blowups = 0
-    Th, kernel = evaluate(h)
+    Th, kernel = evaluate(h) if first is None else first
     theta, lo, hi, resid = relative_residual(Th - h, beta)
     while resid >= tol and it < max_iter and np.isfinite(resid):
         if progress is not None:
@@ -396,9 +422,15 @@ def newton_average(
         # iterations: refactorise once a step costs a quarter of a factorisation, unless
         # the next (quadratically convergent) step should be the last one
         costly = reused and step_time > _STALE_FRACTION * factor_time
-        if costly and hasattr(lu, "stale"):
-            lu.stale = True  # for later runs that get it as lu0 (continuation)
         reuse_allowed = not (costly and trial[3] ** 2 > tol)
+        if reused and hasattr(lu, "stale"):
+            # across runs (continuation in a parameter), where each run may need only
+            # one step: once the steps' growth over the first one has cost as much as a
+            # factorisation, the next run refactorises ("ski rental")
+            if lu.base_step is None:
+                lu.base_step = step_time
+            lu.extra += max(0.0, step_time - lu.base_step)
+            lu.stale = lu.extra > lu.seconds
         stalled = trial[3] > 0.5 * resid
         h, Th, kernel = h_try, Th_try, kernel_try
         theta, lo, hi, resid = trial

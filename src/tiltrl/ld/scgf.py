@@ -169,7 +169,7 @@ class _ClassSolver:
     def _start(self, k: float) -> np.ndarray:
         if not self.history:
             return np.zeros(self.states.size)
-        pts = self.history[-3:]
+        pts = self.history[-_EXTRAPOLATION_POINTS:]
         h = np.zeros(self.states.size)
         for i, (ki, hi) in enumerate(pts):  # Lagrange extrapolation through the points
             w = 1.0
@@ -179,18 +179,22 @@ class _ClassSolver:
             h += w * hi
         return h
 
-    def _best_start(self, k: float, evaluate: Any) -> np.ndarray:
+    def _best_start(self, k: float, evaluate: Any) -> tuple[np.ndarray, Any]:
         """The extrapolated start, the last solution or zero, whichever has the narrowest
-        Collatz-Wielandt bracket (extrapolation misleads where the vector localises)."""
+        Collatz-Wielandt bracket (extrapolation misleads where the vector localises),
+        with its evaluation."""
         start = self._start(k)
         if not self.history:
-            return start
-        width = float(np.ptp(evaluate(start)[0] - start))
+            return start, None
+        first = evaluate(start)
+        width = float(np.ptp(first[0] - start))
         if width < 1e-2:  # the usual case on a smooth branch: nothing to compare
-            return start
+            return start, first
         candidates = [start, self.history[-1][1], np.zeros(self.states.size)]
-        widths = [width] + [float(np.ptp(evaluate(h)[0] - h)) for h in candidates[1:]]
-        return candidates[int(np.argmin(widths))]
+        evaluations = [first] + [evaluate(h) for h in candidates[1:]]
+        widths = [float(np.ptp(ev[0] - h)) for ev, h in zip(evaluations, candidates, strict=True)]
+        best = int(np.argmin(widths))
+        return candidates[best], evaluations[best]
 
     def log_root(self, k: float, log_entries: np.ndarray, tol: float) -> tuple[float, bool]:
         logw = log_entries[self.select]
@@ -198,20 +202,20 @@ class _ClassSolver:
             return float(logw[0]), True
         kernel = LogKernel(self.indptr, self.cols, logw)
         evaluate = _kernel_evaluator(kernel, 1.0)
-        h0 = self._best_start(k, evaluate)
+        h0, first = self._best_start(k, evaluate)
         # Newton (quadratic, cheap with preconditioned steps) from the extrapolated start;
         # where the Perron vector is ill-conditioned (tiny spectral gap, localised
         # eigenvectors) its linearised step overshoots, and the monotone Noda iteration
         # takes over until Newton's local regime, then Newton finishes
         res = newton_average(evaluate, h0, ref=0, beta=1.0, tol=tol, max_iter=_NEWTON_TRIES,
-                             lu0=self.lu, max_blowups=2)
+                             lu0=self.lu, max_blowups=2, first=first)
         if not res.converged:
             res = noda_perron(kernel, h0, tol=max(tol, _NODA_HANDOVER), max_iter=_NODA_MAX)
             res = self._polish(evaluate, kernel, res, tol)
         if res.converged:
             if self.history and abs(self.history[-1][0] - k) < 1e-300:
                 self.history.pop()
-            self.history = [*self.history[-2:], (k, res.h)]
+            self.history = [*self.history[1 - _EXTRAPOLATION_POINTS:], (k, res.h)]
             self.lu = res.lu
         return float(res.theta), bool(res.converged)
 
@@ -227,6 +231,9 @@ class _ClassSolver:
         # Newton still overshoots: let Noda go all the way
         return noda_perron(kernel, res.h, tol=tol, max_iter=_NODA_MAX)
 
+
+#: converged log eigenvectors the start of the next k is extrapolated from
+_EXTRAPOLATION_POINTS = 4
 
 #: Newton iterations (preconditioned steps included) before falling back to Noda; a run that
 #: overshoots is stopped much earlier by its overflowing residual (``max_blowups``)
