@@ -140,6 +140,29 @@ def test_callable_prior_equals_vector_prior() -> None:
     assert th.allclose(a, b) and th.allclose(a.exp().sum(-1), th.ones(5))
 
 
+def test_fast_paths_equal_torch_reference() -> None:
+    from tiltrl.deep.policies import sample_categorical
+    from tiltrl.deep.soft_dqn import clip_grad_norm
+
+    # Boltzmann sampling: the same draws as th.multinomial from the same generator state
+    probs = th.softmax(th.randn(500, 4, generator=th.Generator().manual_seed(1)), -1)
+    probs[:, 2] = 0.0  # a zero-probability action is never drawn
+    th.manual_seed(7)
+    ref = th.multinomial(probs, 1).squeeze(-1)
+    th.manual_seed(7)
+    assert th.equal(sample_categorical(probs), ref) and not (ref == 2).any()
+    # gradient clipping: bit-identical to th.nn.utils.clip_grad_norm_
+    for max_norm in (0.1, 1e3):
+        nets = [th.nn.Linear(5, 3), th.nn.Linear(5, 3)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        for net in nets:
+            net(th.ones(2, 5)).pow(2).sum().backward()
+        th.nn.utils.clip_grad_norm_(nets[0].parameters(), max_norm)
+        clip_grad_norm(list(nets[1].parameters()), max_norm)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            assert a.grad is not None and b.grad is not None and th.equal(a.grad, b.grad)
+
+
 # -- learning on CartPole ----------------------------------------------------------------
 
 
@@ -252,6 +275,8 @@ def test_vec_env_callback_and_logger(cls: type, tmp_path: Path) -> None:
     )
     for key in keys:
         assert key in header
+    # statistics of the last train() call stay readable after learn() (flushed at its end)
+    assert "train/loss" in model.logger.name_to_value
     if cls is BoundedSoftDQN:
         assert 0.0 <= model.logger.name_to_value.get("train/q_clip_rate", 0.0) <= 1.0
 
