@@ -151,6 +151,11 @@ def test_fast_paths_equal_torch_reference() -> None:
     ref = th.multinomial(probs, 1).squeeze(-1)
     th.manual_seed(7)
     assert th.equal(sample_categorical(probs), ref) and not (ref == 2).any()
+    # a diverged network (NaN probabilities) is an error, not an arbitrary action
+    broken = probs.clone()
+    broken[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"row 3, action 1: nan"):
+        sample_categorical(broken)
     # gradient clipping: bit-identical to th.nn.utils.clip_grad_norm_
     for max_norm in (0.1, 1e3):
         nets = [th.nn.Linear(5, 3), th.nn.Linear(5, 3)]

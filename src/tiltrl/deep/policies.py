@@ -35,8 +35,16 @@ def sample_categorical(probs: th.Tensor) -> th.Tensor:
     ``q ~ Exp(1)`` per entry (``empty_like(probs).exponential_()``, the same generator
     calls) and returns ``argmax(probs / q)`` (the exponential race); this is that
     computation without multinomial's validity checks (four reductions and two host
-    syncs per call), so the draws and the random stream are unchanged.
+    syncs per call), so the draws and the random stream are unchanged. One check is
+    kept: non-finite probabilities (a diverged network) raise instead of picking an
+    arbitrary action.
     """
+    if not bool(th.isfinite(probs).all()):
+        bad = (~th.isfinite(probs)).nonzero()[0].tolist()
+        raise ValueError(
+            f"action probabilities are not finite (row {bad[0]}, action {bad[1]}: "
+            f"{float(probs[bad[0], bad[1]])}); the network output has diverged"
+        )
     return th.argmax(probs / th.empty_like(probs).exponential_(), dim=-1)
 
 
