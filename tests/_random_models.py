@@ -20,3 +20,16 @@ def random_transitions(
                 support = rng.choice(S, size=k, replace=False)
                 P[s, a, support] = rng.dirichlet(np.ones(k))
     return P
+
+
+def random_dense_mdp(S: int, A: int, seed: int):  # type: ignore[no-untyped-def]
+    """A seeded ``TabularMDP`` with dense skewed transitions (``U^3``, normalised), a
+    random prior and normal rewards: every pair reaches every state."""
+    import tiltrl
+
+    rng = np.random.default_rng(seed)
+    P = rng.random((S, A, S)) ** 3
+    P /= P.sum(axis=2, keepdims=True)
+    prior = rng.random((S, A)) + 0.1
+    prior /= prior.sum(axis=1, keepdims=True)
+    return tiltrl.TabularMDP(P, rng.normal(size=(S, A)), prior)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tiltrl
+from _random_models import random_dense_mdp as _random_mdp
 from tiltrl.agents import (
     ALGOS,
     BoundedSoftQLearner,
@@ -294,15 +295,6 @@ def test_cli_learn(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- compiled backend
-def _random_mdp(S: int, A: int, seed: int) -> tiltrl.TabularMDP:
-    rng = np.random.default_rng(seed)
-    P = rng.random((S, A, S)) ** 3
-    P /= P.sum(axis=2, keepdims=True)
-    prior = rng.random((S, A)) + 0.1
-    prior /= prior.sum(axis=1, keepdims=True)
-    return tiltrl.TabularMDP(P, rng.normal(size=(S, A)), prior)
-
-
 _BACKEND_CASES = [
     ("soft_q", {"gamma": 0.9}),
     ("soft_q", {"gamma": 0.9, "lr_decay": "steps", "epsilon": 0.2}),

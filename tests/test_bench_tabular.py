@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tiltrl
+from _random_models import random_dense_mdp as _random_mdp
 from tiltrl.agents import learn
 from tiltrl.bounds import soft_bellman_bounds
 
@@ -26,15 +27,6 @@ def bench():
     sys.modules.setdefault("bench_tabular", mod)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _random_mdp(S: int, A: int, seed: int) -> tiltrl.TabularMDP:
-    rng = np.random.default_rng(seed)
-    P = rng.random((S, A, S)) ** 3
-    P /= P.sum(axis=2, keepdims=True)
-    prior = rng.random((S, A)) + 0.1
-    prior /= prior.sum(axis=1, keepdims=True)
-    return tiltrl.TabularMDP(P, rng.normal(size=(S, A)), prior)
 
 
 def _model_lists(mdp):

@@ -66,6 +66,29 @@ def _minimum(a: float, b: float) -> float:  # np.minimum
     return a if (a <= b or a != a) else b
 
 
+@numba.njit(cache=True, inline="always")
+def _soft_weights(flat, col, KS, A, scale, lpT, s, x, e):
+    """Behaviour logits ``x[j] = scale Q[j, s] + log pi0(j|s)`` of one state (``col`` its
+    position in the flat table), ``e[j] = exp(x[j] - max x)``; returns ``(max x, sum e)``.
+    """
+    for j in range(A):
+        xv = flat[j * KS + col]
+        if scale != 1.0:
+            xv *= scale
+        xv += lpT[j, s]
+        x[j] = xv
+    m = x[0]
+    for j in range(1, A):
+        m = _maximum(m, x[j])
+    zz = 0.0
+    for j in range(A):
+        d = x[j] - m
+        ej = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
+        e[j] = ej
+        zz = ej if j == 0 else zz + ej
+    return m, zz
+
+
 @numba.njit(cache=True)
 def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
             soft, epsilon, cum_prior_T,
@@ -128,22 +151,7 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
             s2 = nxt[idx]
             r = reward[idx]
             # ---------------------------------------------------------- soft next value
-            col = base + s2
-            for j in range(A):
-                xv = flat[j * KS + col]
-                if scale != 1.0:
-                    xv *= scale
-                xv += lpT[j, s2]
-                x[j] = xv
-            m = x[0]
-            for j in range(1, A):
-                m = _maximum(m, x[j])
-            zz = 0.0
-            for j in range(A):
-                d = x[j] - m
-                ej = 1.0 if d == 0.0 else math.exp(d)  # exp(+-0) is exactly 1
-                e[j] = ej
-                zz = ej if j == 0 else zz + ej
+            m, zz = _soft_weights(flat, base + s2, KS, A, scale, lpT, s2, x, e)
             # ---------------------------------------------------------- step size
             fi = a * KS + base + s
             if decay == 1:
@@ -232,22 +240,7 @@ def _kernel(u, s_arr, e_arr, z_arr, flat, lpT, scale,  # noqa: C901
             if c < 0:
                 return n_clipped, -1
             crossed += c
-            for j in range(A):
-                xv = flat[j * KS + base + s]
-                if scale != 1.0:
-                    xv *= scale
-                xv += lpT[j, s]
-                x[j] = xv
-            m = x[0]
-            for j in range(1, A):
-                m = _maximum(m, x[j])
-            zz = 0.0
-            for j in range(A):
-                d = x[j] - m
-                ej = 1.0 if d == 0.0 else math.exp(d)
-                e[j] = ej
-                zz = ej if j == 0 else zz + ej
-            z = zz
+            m, z = _soft_weights(flat, base + s, KS, A, scale, lpT, s, x, e)
         s_arr[k] = s
         z_arr[k] = z
         for j in range(A):
