@@ -237,17 +237,18 @@ class EvaluationLU:
 
 
 class _OnesColumnLU:
-    """SuperLU of the evaluation matrix with its column of ones, timed."""
+    """SuperLU of the evaluation matrix with its column of ones, timed. Where ``A`` is
+    exactly singular (numerically several recurrent classes: probabilities underflow at
+    huge beta) it factorises ``A + shift I`` instead, which picks one solution of the
+    singular system (for Newton a discount ``1 - shift``: the next improvement step merges
+    the classes; for the stationary law the class of ``ref``)."""
 
-    def __init__(self, A: sp.csc_matrix) -> None:
+    def __init__(self, A: sp.csc_matrix, shift: float = 1e-10) -> None:
         start = time.perf_counter()
         try:
             self._lu = splu(A)
         except RuntimeError:
-            # numerically several recurrent classes (policy probabilities underflow at
-            # huge beta): evaluate with a discount 1 - 1e-10 instead, which picks one
-            # solution of the singular system; the next improvement step merges them
-            self._lu = splu(sp.csc_matrix(A + 1e-10 * sp.identity(A.shape[0])))
+            self._lu = splu(sp.csc_matrix(A + shift * sp.identity(A.shape[0])))
         self.seconds = time.perf_counter() - start
         _init_reuse_record(self)
 
@@ -256,20 +257,21 @@ class _OnesColumnLU:
 
 
 def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
-                         ref: int, previous: Any = None) -> Any:
+                         ref: int, previous: Any = None, shift: float = 1e-10) -> Any:
     """A factorisation of the Newton evaluation matrix with ``.solve(b, trans)``: the
     sparse bordered form :class:`EvaluationLU`, or, on small models and where its ``C``
     is ill-conditioned, an LU of the matrix with its column of ones (regularised if
     needed). Raises ``RuntimeError`` when even that fails. The fill-reducing ordering of
     ``previous`` (an earlier factorisation of the same sparsity pattern) is reused when it
-    has one; a ``previous`` of the ones-column form keeps that form."""
+    has one; a ``previous`` of the ones-column form keeps that form. ``shift`` is the
+    diagonal shift of the ones-column form where it is exactly singular."""
     if n >= _BORDER_MIN_STATES and (previous is None or isinstance(previous, EvaluationLU)):
         try:
             return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", None))
         except RuntimeError:
             pass
     # a run whose bordered form failed once stays on the ones-column form
-    return _OnesColumnLU(_evaluation_matrix(kernel, n, ref))
+    return _OnesColumnLU(_evaluation_matrix(kernel, n, ref), shift)
 
 
 def _precision_floor(h: np.ndarray, beta: float) -> float:
@@ -284,7 +286,7 @@ def _preconditioned_step(A: _EvaluationOperator, b: np.ndarray, lu: Any,
 
     Successive Jacobians differ only where the soft policy moved, so the old factors are
     an excellent preconditioner: a few Krylov iterations (one triangular solve pair and
-    one product from the COO triplets each) replace a new factorisation, and the step is
+    one product with ``K`` each) replace a new factorisation, and the step is
     an inexact Newton step (quadratic convergence is kept when the forcing term ``rtol``
     shrinks with the nonlinear residual; Eisenstat & Walker, SIAM J. Sci. Comput. 17,
     1996). Two sweeps of plain iterative refinement come first (enough where the old LU
@@ -333,7 +335,7 @@ def newton_average(
 
     A sparse LU is by far the most expensive part of an iteration, and successive
     Jacobians differ only where the soft policy changed; so on large models (and once the
-    residual is below 0.1) a step first solves the current Newton system by GMRES
+    residual is below ``_REUSE_BELOW`` = 1) a step first solves the current Newton system by GMRES
     preconditioned with the last LU (:func:`_preconditioned_step`) and keeps the step only
     if it halves the residual; otherwise the step is redone with a fresh factorisation
     (of the sparse bordered form, :class:`EvaluationLU`).
@@ -500,9 +502,8 @@ def stationary_distribution(
     if lu is not None:
         # GMRES on A^T mu = e preconditioned by the transposed old factors, then
         # refinement sweeps until the max-norm residual is at round-off
-        n_ = e.size
-        op = LinearOperator((n_, n_), matvec=A.rmatvec, dtype=np.float64)
-        prec = LinearOperator((n_, n_), matvec=lambda y: lu.solve(y, trans="T"),
+        op = LinearOperator((n, n), matvec=A.rmatvec, dtype=np.float64)
+        prec = LinearOperator((n, n), matvec=lambda y: lu.solve(y, trans="T"),
                               dtype=np.float64)
         mu = lu.solve(e, trans="T")
         for _ in range(3):
@@ -516,13 +517,9 @@ def stationary_distribution(
             lu = None
         if lu is not None and np.all(np.isfinite(mu)):
             return _normalise(mu)
-    try:
-        mu = factorise_evaluation(kernel, n, ref).solve(e, trans="T")
-    except RuntimeError:
-        # numerically several recurrent classes (transition probabilities below 1e-308
-        # at huge beta): a relative 1e-13 diagonal shift selects the class of ``ref``
-        A_csc = _evaluation_matrix(kernel, n, ref)
-        mu = splu(sp.csc_matrix(A_csc + 1e-13 * sp.identity(n))).solve(e, trans="T")
+    # numerically several recurrent classes (transition probabilities below 1e-308 at
+    # huge beta): a relative 1e-13 diagonal shift selects the class of ``ref``
+    mu = factorise_evaluation(kernel, n, ref, shift=1e-13).solve(e, trans="T")
     return _normalise(mu)
 
 

@@ -151,9 +151,10 @@ class _ClassSolver:
     """Perron root of the tilted matrix restricted to one strongly connected class.
 
     Continuation in ``k``: the start of each solve is the polynomial extrapolation of the
-    last (up to three) converged log eigenvectors — its error is ``O(dk^3)`` on a smooth
-    branch — and the last LU is offered to Newton as a GMRES preconditioner, so a nearby
-    ``k`` usually costs a few triangular solves instead of several factorisations.
+    last (up to ``_EXTRAPOLATION_POINTS`` = 4) converged log eigenvectors — its error is
+    ``O(dk^4)`` on a smooth branch — and the last LU is offered to Newton as a GMRES
+    preconditioner, so a nearby ``k`` usually costs a few triangular solves instead of
+    several factorisations.
     """
 
     states: np.ndarray  # the class (indices into the full state space)
