@@ -68,6 +68,10 @@ _REFINEMENT_SWEEPS = 2
 #: worlds of 1e5 and 1e6 pairs, 1/4 beats 1/2 by 20% and more)
 _STALE_FRACTION = 0.25
 
+#: absolute 2-norm residual at which the stationary law's GMRES stops (its entries sum to
+#: 1; the refinement loop accepts a max-norm residual below 1e-15)
+_STAT_ATOL = 1e-16
+
 #: ``evaluate(h) -> (T h, K)`` with ``K`` given as COO triplets ``(rows, cols, values)``.
 Evaluate = Callable[[np.ndarray], tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
@@ -135,6 +139,11 @@ class _EvaluationOperator:
             self._k_ref = np.bincount(rows[at_ref], weights=vals[at_ref], minlength=n)
         return self._K, self._k_ref
 
+    @property
+    def k_ref(self) -> np.ndarray:
+        """Column ``ref`` of ``K``."""
+        return self._csr()[1]
+
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         K, k_ref = self._csr()
         # (I - K) x, then swap column ref of (I - K) for a column of ones
@@ -173,32 +182,44 @@ class EvaluationLU:
     ``order`` is a fill-reducing symmetric ordering to reuse (``.order`` of an earlier
     factorisation of a kernel with the same sparsity, e.g. the previous Newton step):
     computing the minimum-degree ordering is a sizeable part of a factorisation.
+    ``operator`` is the :class:`_EvaluationOperator` of the same kernel and ``ref`` when
+    the caller has one (its CSR form of ``K`` is reused).
     """
 
     def __init__(self, kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
-                 ref: int, order: np.ndarray | None = None) -> None:
+                 ref: int, order: np.ndarray | None = None,
+                 operator: _EvaluationOperator | None = None) -> None:
         rows, cols, vals = kernel
-        idx = np.arange(n)
-        C = sp.csc_matrix(
-            (np.concatenate([-vals, np.ones(n), [1.0]]),
-             (np.concatenate([rows, idx, [ref]]), np.concatenate([cols, idx, [ref]]))),
-            shape=(n, n),
-        )
+        A = operator if operator is not None else _EvaluationOperator(kernel, n, ref)
         self.ref, self.n = ref, n
         start = time.perf_counter()
+        idx = np.arange(n)
+        self._permuted = order is not None and order.size == n
+        if self._permuted:
+            # build C directly in the reused ordering (no permutation of a built matrix)
+            assert order is not None
+            self.order = order
+            position = np.empty(n, dtype=np.int64)
+            position[order] = idx
+            rows, cols, idx_p, ref_p = position[rows], position[cols], idx, position[ref]
+        else:
+            idx_p, ref_p = idx, ref
+        C = sp.csc_matrix(
+            (np.concatenate([-vals, np.ones(n), [1.0]]),
+             (np.concatenate([rows, idx_p, [ref_p]]), np.concatenate([cols, idx_p, [ref_p]]))),
+            shape=(n, n),
+        )
         # raises RuntimeError when C is exactly singular (numerically multichain kernel)
-        if order is None or order.size != n:
+        if self._permuted:
+            self._lu = splu(C, permc_spec="NATURAL", diag_pivot_thresh=0.01,
+                            options={"SymmetricMode": True})
+        else:
             self._lu = splu(C, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.01,
                             options={"SymmetricMode": True})
             self.order = np.argsort(self._lu.perm_c)  # position j holds state order[j]
-            self._permuted = False
-        else:
-            self.order = order
-            self._lu = splu(sp.csc_matrix(C[order][:, order]), permc_spec="NATURAL",
-                            diag_pivot_thresh=0.01, options={"SymmetricMode": True})
-            self._permuted = True
-        self._w = -C[:, [ref]].toarray().ravel()
-        self._w += 1.0
+        # w = 1 - C[:, ref] = 1 + K[:, ref] - 2 e_ref
+        self._w = A.k_ref + 1.0
+        self._w[ref] -= 2.0
         self._z = self._c_solve(self._w, "N")  # C^{-1} w
         denom = 1.0 + self._z[ref]
         # C is (nearly) singular when ref is (nearly) transient under the evaluated policy,
@@ -209,7 +230,7 @@ class EvaluationLU:
             raise RuntimeError("bordered evaluation matrix is singular")
         self._denom = denom
         probe = np.cos(np.arange(n, dtype=np.float64))
-        error = probe - _EvaluationOperator(kernel, n, ref) @ self.solve(probe)
+        error = probe - A @ self.solve(probe)
         if not np.max(np.abs(error)) < _BORDER_PROBE_TOL:
             raise RuntimeError("bordered evaluation matrix is ill-conditioned")
         self._g: np.ndarray | None = None  # C^{-T} e_ref, on the first transposed solve
@@ -257,17 +278,21 @@ class _OnesColumnLU:
 
 
 def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
-                         ref: int, previous: Any = None, shift: float = 1e-10) -> Any:
+                         ref: int, previous: Any = None, shift: float = 1e-10,
+                         operator: _EvaluationOperator | None = None) -> Any:
     """A factorisation of the Newton evaluation matrix with ``.solve(b, trans)``: the
     sparse bordered form :class:`EvaluationLU`, or, on small models and where its ``C``
     is ill-conditioned, an LU of the matrix with its column of ones (regularised if
     needed). Raises ``RuntimeError`` when even that fails. The fill-reducing ordering of
     ``previous`` (an earlier factorisation of the same sparsity pattern) is reused when it
     has one; a ``previous`` of the ones-column form keeps that form. ``shift`` is the
-    diagonal shift of the ones-column form where it is exactly singular."""
+    diagonal shift of the ones-column form where it is exactly singular. ``operator`` is
+    the :class:`_EvaluationOperator` of ``kernel`` when the caller has one (it holds ``K``
+    in CSR form)."""
     if n >= _BORDER_MIN_STATES and (previous is None or isinstance(previous, EvaluationLU)):
         try:
-            return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", None))
+            return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", None),
+                                operator=operator)
         except RuntimeError:
             pass
     # a run whose bordered form failed once stays on the ones-column form
@@ -278,6 +303,15 @@ def _precision_floor(h: np.ndarray, beta: float) -> float:
     """Smallest relative residual double precision can certify: log-space values of size
     ``beta*|h|`` carry absolute rounding errors of ``eps*beta*|h|`` each."""
     return float(64 * np.finfo(float).eps * max(1.0, beta * float(np.max(np.abs(h)))))
+
+
+def _forcing_term(resid: float, tol: float) -> float:
+    """Relative accuracy asked of a preconditioned Newton step at nonlinear residual
+    ``resid``: ``0.1 resid`` keeps the convergence quadratic (Eisenstat & Walker 1996), but
+    no more than the step needs to land below ``tol`` (linear error ``~ rtol * resid``,
+    two orders of margin): the last step then stops after a sweep or two of refinement
+    instead of solving to 1e-10."""
+    return min(1e-3, max(0.1 * resid, 0.01 * tol / resid, 1e-10))
 
 
 def _preconditioned_step(A: _EvaluationOperator, b: np.ndarray, lu: Any,
@@ -382,12 +416,12 @@ def newton_average(
                 and resid < _REUSE_BELOW):
             start = time.perf_counter()
             # forcing term: the linear residual a small fraction of the nonlinear one
-            x = _preconditioned_step(A, b, lu, rtol=min(1e-3, max(0.1 * resid, 1e-10)))
+            x = _preconditioned_step(A, b, lu, rtol=_forcing_term(resid, tol))
             step_time = time.perf_counter() - start
         reused = x is not None
         if x is None:
             try:
-                lu = factorise_evaluation(kernel, n, ref, previous=lu)
+                lu = factorise_evaluation(kernel, n, ref, previous=lu, operator=A)
             except RuntimeError as exc:
                 note = f"policy evaluation singular ({exc}); stopped"
                 break
@@ -510,7 +544,7 @@ def stationary_distribution(
             r = e - A.rmatvec(mu)
             if np.max(np.abs(r)) < 1e-15:
                 break
-            d, _info = gmres(op, r, rtol=1e-13, atol=0.0, restart=_GMRES_RESTART,
+            d, _info = gmres(op, r, rtol=0.0, atol=_STAT_ATOL, restart=_GMRES_RESTART,
                              maxiter=2, M=prec)
             mu = mu + d
         else:

@@ -36,12 +36,18 @@ __all__ = [
 def row_logsumexp(z: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """``log sum exp`` of ``z`` over each CSR row (rows must be non-empty)."""
     lengths = np.diff(indptr)
-    d = int(lengths[0]) if lengths.size else 0
-    if 0 < d <= 16 and z.size == d * lengths.size and np.all(lengths == d):
-        # rows of one length (rings, lattices, pair chains of open grids): a 2-D
-        # reduction is several times faster than reduceat over short segments
-        # (column by column: numpy reduces a short inner axis slowly)
-        Z = z.reshape(-1, d)
+    n = lengths.size
+    d = int(lengths.max()) if n else 0
+    if 0 < d <= 16 and n * d <= 1.25 * z.size:
+        # short rows of (nearly) one length (rings, lattices, grid worlds): a 2-D
+        # reduction over rows padded with -inf is 2-4x faster than reduceat over short
+        # segments (column by column: numpy reduces a short inner axis slowly)
+        if n * d == z.size:
+            Z = z.reshape(n, d)
+        else:
+            padded = np.full(n * d, -np.inf)
+            padded[np.arange(z.size) + np.repeat(np.arange(n) * d - indptr[:-1], lengths)] = z
+            Z = padded.reshape(n, d)
         m = Z[:, 0].copy()
         for j in range(1, d):
             np.maximum(m, Z[:, j], out=m)
