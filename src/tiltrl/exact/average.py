@@ -40,7 +40,7 @@ from tiltrl.exact.newton import (
 )
 from tiltrl.exact.noda import noda_perron
 from tiltrl.exact.result import Solution
-from tiltrl.exact.tilted import LogKernel, row_logsumexp, state_log_kernel
+from tiltrl.exact.tilted import LogKernel, RowLayout, row_logsumexp, state_log_kernel
 from tiltrl.mdp import TabularMDP
 
 __all__ = ["solve_controlled", "solve_fixed", "ConvergenceWarning"]
@@ -54,10 +54,11 @@ class ConvergenceWarning(UserWarning):
 def _kernel_evaluator(kernel: LogKernel, beta: float):  # type: ignore[no-untyped-def]
     """``T h = (1/beta) log sum_j Q[i,j] exp(beta h_j)`` and its Jacobian (controlled)."""
     rows = kernel.row_of
+    layout = RowLayout.of(kernel.indptr)
 
     def evaluate(h: np.ndarray):  # type: ignore[no-untyped-def]
         z = kernel.logw + beta * h[kernel.cols]
-        log_z = row_logsumexp(z, kernel.indptr)
+        log_z = row_logsumexp(z, kernel.indptr, layout)
         return log_z / beta, (rows, kernel.cols, np.exp(z - log_z[rows]))
 
     return evaluate

@@ -123,6 +123,7 @@ class _EvaluationOperator:
                  ref: int) -> None:
         self.kernel, self.n, self.ref = kernel, n, ref
         self._K: sp.csr_matrix | None = None
+        self._KT: Any = None
         self._k_ref: np.ndarray | None = None
 
     def _csr(self) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -153,8 +154,9 @@ class _EvaluationOperator:
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
         """``A^T y``: ``y - K^T y`` except entry ``ref``, which is ``sum(y)``."""
-        K, _ = self._csr()
-        out = y - K.T @ y
+        if self._KT is None:
+            self._KT = self._csr()[0].T  # a CSC view of the same arrays, made once
+        out = y - self._KT @ y
         out[self.ref] = y.sum()
         return np.asarray(out)
 

@@ -27,26 +27,55 @@ from tiltrl.mdp import TabularMDP
 __all__ = [
     "LogKernel",
     "row_logsumexp",
+    "RowLayout",
     "log_tilted_weights",
     "state_log_kernel",
     "tilted_operator",
 ]
 
 
-def row_logsumexp(z: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """``log sum exp`` of ``z`` over each CSR row (rows must be non-empty)."""
-    lengths = np.diff(indptr)
-    n = lengths.size
-    d = int(lengths.max()) if n else 0
-    if 0 < d <= 16 and n * d <= 1.25 * z.size:
+@dataclass(frozen=True)
+class RowLayout:
+    """How :func:`row_logsumexp` reduces the rows of one ``indptr``: rows of at most 16
+    entries and nearly one length go into an ``n x d`` array padded with ``-inf``
+    (``index``: the slot of each entry, ``None`` when every row has ``d`` entries);
+    other layouts (``d = 0``) use ``reduceat``. Computing it once saves its index
+    arithmetic in solvers that reduce over the same rows many times."""
+
+    n: int
+    d: int
+    index: np.ndarray | None
+
+    @classmethod
+    def of(cls, indptr: np.ndarray) -> RowLayout:
+        lengths = np.diff(indptr)
+        n = lengths.size
+        d = int(lengths.max()) if n else 0
+        nnz = int(indptr[-1] - indptr[0]) if n else 0
+        if not (0 < d <= 16 and n * d <= 1.25 * nnz):
+            return cls(n, 0, None)
+        if n * d == nnz:
+            return cls(n, d, None)
+        return cls(n, d, np.arange(nnz) + np.repeat(np.arange(n) * d - indptr[:-1], lengths))
+
+
+def row_logsumexp(
+    z: np.ndarray, indptr: np.ndarray, layout: RowLayout | None = None
+) -> np.ndarray:
+    """``log sum exp`` of ``z`` over each CSR row (rows must be non-empty). ``layout`` is
+    ``RowLayout.of(indptr)`` when the caller keeps it."""
+    if layout is None:
+        layout = RowLayout.of(indptr)
+    n, d = layout.n, layout.d
+    if d:
         # short rows of (nearly) one length (rings, lattices, grid worlds): a 2-D
         # reduction over rows padded with -inf is 2-4x faster than reduceat over short
         # segments (column by column: numpy reduces a short inner axis slowly)
-        if n * d == z.size:
+        if layout.index is None:
             Z = z.reshape(n, d)
         else:
             padded = np.full(n * d, -np.inf)
-            padded[np.arange(z.size) + np.repeat(np.arange(n) * d - indptr[:-1], lengths)] = z
+            padded[layout.index] = z
             Z = padded.reshape(n, d)
         m = Z[:, 0].copy()
         for j in range(1, d):
@@ -58,6 +87,7 @@ def row_logsumexp(z: np.ndarray, indptr: np.ndarray) -> np.ndarray:
             s += np.exp(Z[:, j] - m0)
         with np.errstate(divide="ignore"):
             return np.where(finite, m + np.log(s), m)
+    lengths = np.diff(indptr)
     starts = indptr[:-1]
     m = np.maximum.reduceat(z, starts)
     m_rep = np.repeat(m, lengths)
