@@ -2,19 +2,50 @@
 
 Run from the repository root (needs the ``deep`` extra and PyYAML)::
 
-    .venv/bin/python benchmarks/bench_deep.py                 # full spec (hours)
+    .venv/bin/python benchmarks/bench_deep.py                 # full spec (~23 CPU hours)
     .venv/bin/python benchmarks/bench_deep.py --quick         # CartPole, 3 seeds, 3 algos
     .venv/bin/python benchmarks/bench_deep.py --algos eval dqn --envs CartPole-v1 --seeds 5
+    # add seeds 5..9 of one algorithm to an existing file (per-seed merge):
+    .venv/bin/python benchmarks/bench_deep.py --algos eval --envs CartPole-v1 \
+        --seed-start 5 --seeds 5 --merge --skip-throughput
+
+Splitting the full run over processes or sessions: every process writes its OWN ``--out``
+file (two processes must never write one file: each rewrites its whole file after every
+seed, so one would silently drop the other's runs), then ``--combine`` merges them::
+
+    .venv/bin/python benchmarks/bench_deep.py --seed-start 0 --seeds 5 \
+        --skip-throughput --out /tmp/deep_s0-4.json &
+    .venv/bin/python benchmarks/bench_deep.py --seed-start 5 --seeds 5 \
+        --skip-throughput --out /tmp/deep_s5-9.json &
+    wait
+    .venv/bin/python benchmarks/bench_deep.py --throughput-only --out /tmp/deep_tp.json
+    .venv/bin/python benchmarks/bench_deep.py --combine /tmp/deep_s0-4.json \
+        /tmp/deep_s5-9.json /tmp/deep_tp.json --out benchmarks/results/deep.json
+
+(run the throughput comparison alone, on an otherwise idle machine: it is a timing).
+The file is rewritten after every finished seed, so an interrupted process loses at most
+the seed it was running; rerun the missing seeds with ``--seed-start`` into a new file and
+combine. Merge rule (``--merge`` and ``--combine``): per environment, algorithm and seed,
+a run from a later source replaces a run with the same seed, runs with other seeds are
+kept, runs are sorted by seed, and every summary is recomputed over the merged runs;
+``throughput`` comes from the latest source that has one; ``commands`` are concatenated.
 
 Hyperparameters come from ``benchmarks/hyperparams/<algo>_<env>.yml`` (one file per
 algorithm and environment; ``n_timesteps``, ``policy`` and the constructor keyword
 arguments, ``policy_kwargs`` passed at construction as the RL Zoo does). Every run is
-seeded (``seed`` = run index) and single-threaded (``torch.set_num_threads(1)``).
+seeded (``seed`` = run index, ``--seed-start`` to ``--seed-start + --seeds - 1``) and
+single-threaded (``torch.set_num_threads(1)``).
+
+Evaluation: ``--eval-episodes`` deterministic episodes, run in parallel on a separate
+vectorised evaluation env of as many sub-envs (``make_vec_env``, sub-env ``i`` seeded
+``10000 + seed + i`` at its first reset), one episode per sub-env, one batched network
+pass per step (SB3's ``evaluate_policy``). Each run records this as ``eval_method``; runs
+of older files, which have no such field, were evaluated with the same number of episodes
+one after another on one env seeded ``10000 + seed``.
 
 Per algorithm and environment, over seeds:
-- ``iqm`` of the final evaluation return (mean over ``--eval-episodes`` deterministic
-  episodes on a separate, separately seeded evaluation env) with a bootstrap 95% interval
-  (resampling seeds, 2000 resamples);
+- ``iqm`` of the final evaluation return (mean over the evaluation episodes) with a
+  bootstrap 95% interval (resampling seeds, 2000 resamples);
 - ``steps_to_threshold``: first evaluation step (after step 0: an untrained network can be
   lucky) whose mean return reaches the threshold
   (CartPole 475, Acrobot -100, MountainCar -110, LunarLander 200); median over seeds
@@ -49,7 +80,7 @@ from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
-from stable_baselines3.common.monitor import Monitor  # noqa: E402
+from stable_baselines3.common.vec_env import VecEnv  # noqa: E402
 
 from tiltrl.deep import EVAL, BoundedSoftDQN, SoftDQN  # noqa: E402
 
@@ -111,12 +142,50 @@ def bootstrap_iqm(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[flo
     return float(lo), float(hi)
 
 
-class EvalCurve(BaseCallback):
-    """Evaluates every ``every`` env steps; times training separately from evaluation."""
+LEGACY_EVAL_METHOD = (
+    "not recorded (written before the vectorised evaluation: the episodes one after "
+    "another on one env seeded 10000+seed)"
+)
 
-    def __init__(self, eval_env: gym.Env, every: int, episodes: int) -> None:
+
+def eval_method_description(episodes: int) -> str:
+    """The ``eval_method`` recorded with every run (and at the top level of the JSON)."""
+    return f"vectorised: {episodes} envs, one episode each, seeds 10000+seed+i"
+
+
+def make_eval_env(env_id: str, seed: int, episodes: int) -> VecEnv:
+    """``episodes`` Monitor-wrapped copies of ``env_id`` in a ``DummyVecEnv``; sub-env
+    ``i`` is seeded ``10000 + seed + i`` at its first reset (and its RNG continues from
+    there at later evaluations)."""
+    return make_vec_env(env_id, n_envs=episodes, seed=10_000 + seed)
+
+
+def evaluate_episodes(model: Any, eval_env: VecEnv) -> list[float]:
+    """Returns of one deterministic episode per sub-env of ``eval_env``, in order of
+    completion: ``evaluate_policy`` with ``n_eval_episodes = num_envs`` gives every
+    sub-env a target of ``(num_envs + i) // num_envs = 1`` episode, steps all sub-envs
+    with one batched ``predict`` per step, and ignores a sub-env after its first episode
+    (it is auto-reset and keeps stepping until the slowest sub-env has finished)."""
+    n_episodes = eval_env.num_envs
+    returns, _ = evaluate_policy(
+        model,
+        eval_env,
+        n_eval_episodes=n_episodes,
+        deterministic=True,
+        return_episode_rewards=True,
+    )
+    if len(returns) != n_episodes:  # pragma: no cover - evaluate_policy's contract
+        raise RuntimeError(f"expected {n_episodes} evaluation episodes, got {len(returns)}")
+    return [float(r) for r in returns]
+
+
+class EvalCurve(BaseCallback):
+    """Evaluates every ``every`` env steps on a vectorised ``eval_env`` (one episode per
+    sub-env, see :func:`evaluate_episodes`); times training separately from evaluation."""
+
+    def __init__(self, eval_env: VecEnv, every: int) -> None:
         super().__init__()
-        self.eval_env, self.every, self.episodes = eval_env, every, episodes
+        self.eval_env, self.every = eval_env, every
         self.steps: list[int] = []
         self.returns: list[float] = []
         self.eval_time = 0.0
@@ -124,12 +193,10 @@ class EvalCurve(BaseCallback):
 
     def _evaluate(self) -> None:
         t = time.perf_counter()
-        mean, _ = evaluate_policy(
-            self.model, self.eval_env, n_eval_episodes=self.episodes, deterministic=True
-        )
+        episode_returns = evaluate_episodes(self.model, self.eval_env)
         self.eval_time += time.perf_counter() - t
         self.steps.append(int(self.num_timesteps))
-        self.returns.append(float(mean))
+        self.returns.append(float(np.mean(episode_returns)))
 
     def _on_training_start(self) -> None:
         self._evaluate()
@@ -144,6 +211,7 @@ class EvalCurve(BaseCallback):
 def run_one(
     algo: str, env_id: str, seed: int, steps: int | None, every: int, episodes: int
 ) -> dict[str, Any]:
+    """One seeded training run with its learning curve (the run record of the JSON)."""
     hp = load_hyperparams(algo, env_id)
     kwargs = {k: v for k, v in hp.items() if not k.startswith("_")}
     n = int(steps if steps is not None else kwargs.pop("n_timesteps"))
@@ -154,15 +222,16 @@ def run_one(
         if isinstance(val, str) and val.startswith("lin_"):  # RL Zoo linear schedule
             kwargs[key] = linear_schedule(float(val[4:]))
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    eval_env = Monitor(gym.make(env_id))
-    eval_env.reset(seed=10_000 + seed)
+    eval_env = make_eval_env(env_id, seed, episodes)
     model = ALGOS[algo](policy, env, seed=seed, **kwargs)
-    cb = EvalCurve(eval_env, every, episodes)
+    cb = EvalCurve(eval_env, every)
     t = time.perf_counter()
     model.learn(n, callback=cb)
     wall = time.perf_counter() - t
     if cb.steps[-1] != model.num_timesteps:
         cb._evaluate()
+    env.close()
+    eval_env.close()
     train_time = wall - cb.eval_time
     return {
         "seed": seed,
@@ -170,12 +239,16 @@ def run_one(
         "curve_steps": cb.steps,
         "curve_returns": cb.returns,
         "train_seconds": train_time,
+        "eval_seconds": cb.eval_time,
         "steps_per_s": model.num_timesteps / train_time,
+        "eval_method": eval_method_description(episodes),
         "hyperparams": hp["_file"],
     }
 
 
 def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Statistics over the seeds of one algorithm on one environment (module docstring);
+    the per-seed lists are in the order of ``runs`` (by seed, as merged), see ``seeds``."""
     final = np.array([r["curve_returns"][-1] for r in runs])
     auc = []
     hit = []
@@ -196,6 +269,7 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     lo, hi = bootstrap_iqm(final)
     return {
         "n_seeds": len(runs),
+        "seeds": [int(r["seed"]) for r in runs],
         "final_iqm": iqm(final),
         "final_iqm_ci95": [lo, hi],
         "final_mean": float(final.mean()),
@@ -205,6 +279,90 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         "auc_iqm": iqm(np.array(auc)),
         "steps_per_s_median": float(np.median([r["steps_per_s"] for r in runs])),
     }
+
+
+def merge_runs(
+    older: list[dict[str, Any]], newer: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per-seed merge: a run of ``newer`` replaces the run of ``older`` with the same seed,
+    runs with other seeds are kept; the result is sorted by seed."""
+    by_seed = {int(r["seed"]): r for r in older}
+    by_seed.update({int(r["seed"]): r for r in newer})
+    return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def add_runs(
+    results: dict[str, Any], env_id: str, algo: str, new_runs: list[dict[str, Any]]
+) -> None:
+    """Merges ``new_runs`` into ``results["runs"][env_id][algo]`` (:func:`merge_runs`)
+    and recomputes that entry's summary over all its runs."""
+    per_algo = results.setdefault("runs", {}).setdefault(env_id, {})
+    runs = merge_runs(per_algo.get(algo, {}).get("runs", []), new_runs)
+    per_algo[algo] = {"runs": runs, "summary": summarise(runs, THRESHOLDS[env_id])}
+
+
+def commands_of(results: dict[str, Any]) -> list[str]:
+    """The command lines that produced a results document (``commands`` of a merged or
+    combined file, else its single ``command``)."""
+    if results.get("commands"):
+        return list(results["commands"])
+    return [results["command"]] if results.get("command") else []
+
+
+def eval_methods_of(results: dict[str, Any]) -> str | list[str] | None:
+    """The evaluation method(s) of the runs in ``results``: one string when all runs
+    share one, the sorted distinct ones when a merged file mixes them (runs without an
+    ``eval_method`` field predate the vectorised evaluation), ``None`` without runs."""
+    methods = sorted(
+        {
+            run.get("eval_method", LEGACY_EVAL_METHOD)
+            for per_algo in results.get("runs", {}).values()
+            for entry in per_algo.values()
+            for run in entry["runs"]
+        }
+    )
+    if not methods:
+        return None
+    return methods[0] if len(methods) == 1 else methods
+
+
+def merge_results(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """``documents`` merged in order, a later one over the earlier ones (none is
+    modified): runs per environment, algorithm and seed (:func:`merge_runs`), every
+    summary recomputed once over the merged runs, ``throughput`` from the latest document
+    that has one, ``commands`` concatenated, every other top-level field from the latest
+    document that has it, and ``eval_method`` recomputed (:func:`eval_methods_of`)."""
+    merged: dict[str, Any] = {}
+    run_lists: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    commands: list[str] = []
+    for document in documents:
+        merged.update({k: v for k, v in document.items() if v is not None})
+        commands += commands_of(document)
+        for env_id, per_algo in document.get("runs", {}).items():
+            per_algo_runs = run_lists.setdefault(env_id, {})
+            for algo, entry in per_algo.items():
+                per_algo_runs[algo] = merge_runs(per_algo_runs.get(algo, []), entry["runs"])
+    merged["runs"] = {
+        env_id: {
+            algo: {"runs": runs, "summary": summarise(runs, THRESHOLDS[env_id])}
+            for algo, runs in per_algo_runs.items()
+        }
+        for env_id, per_algo_runs in run_lists.items()
+    }
+    merged["throughput"] = merged.get("throughput")
+    merged["commands"] = commands
+    merged["eval_method"] = eval_methods_of(merged) or merged.get("eval_method")
+    return merged
+
+
+def combine_files(paths: list[Path], command: str) -> dict[str, Any]:
+    """The result files ``paths`` merged in order (:func:`merge_results`: a later file
+    wins a seed it shares with an earlier one, and the throughput section); ``command``
+    is the combining command line, ``combined_from`` lists the files."""
+    combined = merge_results([json.loads(path.read_text()) for path in paths])
+    combined["command"] = command
+    combined["combined_from"] = [str(path) for path in paths]
+    return combined
 
 
 def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]:
@@ -274,82 +432,17 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--quick", action="store_true", help="CartPole-v1, 3 seeds, eval/softdqn/dqn, 20k steps"
-    )
-    ap.add_argument("--algos", nargs="+", choices=list(ALGOS))
-    ap.add_argument("--envs", nargs="+", choices=FULL_ENVS)
-    ap.add_argument("--seeds", type=int)
-    ap.add_argument("--steps", type=int, help="override n_timesteps of the YAML files")
-    ap.add_argument("--eval-every", type=int, default=None)
-    ap.add_argument("--eval-episodes", type=int, default=10)
-    ap.add_argument("--throughput-steps", type=int, default=None)
-    ap.add_argument(
-        "--throughput-repeats", type=int, default=3, help="interleaved repeats (median)"
-    )
-    ap.add_argument(
-        "--throughput-only",
-        action="store_true",
-        help="only the equal-train_freq throughput comparison",
-    )
-    ap.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the other entries of an existing --out file (add/replace ours)",
-    )
-    ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "deep.json")
-    args = ap.parse_args(argv)
-    th.set_num_threads(1)
-    algos = args.algos or (["eval", "softdqn", "dqn"] if args.quick else list(ALGOS))
-    envs = args.envs or (["CartPole-v1"] if args.quick else FULL_ENVS)
-    seeds = args.seeds or (3 if args.quick else 10)
-    steps = args.steps if args.steps is not None else (20_000 if args.quick else None)
-    every = args.eval_every or (2000 if args.quick else 2500)
-    tp_steps = args.throughput_steps or (3000 if args.quick else 20_000)
-    results: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": th.__version__,
-            "cpu_count": os.cpu_count(),
-            "torch_threads": 1,
-        },
-        "eval_episodes": args.eval_episodes,
-        "eval_every": every,
-        "runs": {},
-    }
-    if args.merge and args.out.exists():
-        old = json.loads(args.out.read_text())
-        results["runs"] = old.get("runs", {})
-        results["throughput"] = old.get("throughput")
-        results["commands"] = [*old.get("commands", [old.get("command")]), results["command"]]
-    for env_id in [] if args.throughput_only else envs:
-        results["runs"].setdefault(env_id, {})
-        for algo in algos:
-            runs = []
-            for seed in range(seeds):
-                r = run_one(algo, env_id, seed, steps, every, args.eval_episodes)
-                print(
-                    f"{env_id} {algo} seed {seed}: final {r['curve_returns'][-1]:.1f} "
-                    f"{r['steps_per_s']:.0f} steps/s",
-                    flush=True,
-                )
-                runs.append(r)
-            results["runs"][env_id][algo] = {
-                "runs": runs,
-                "summary": summarise(runs, THRESHOLDS[env_id]),
-            }
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1))
-    if not args.skip_throughput:
-        results["throughput"] = throughput(algos, tp_steps, args.throughput_repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Writes ``results`` as JSON through a temporary file and a rename, so that a
+    process killed while writing leaves the previous complete file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def print_report(results: dict[str, Any]) -> None:
+    """The Markdown table and the throughput numbers of ``results``."""
     print(table(results))
     tp = results.get("throughput") or {}
     if "steps_per_s_median" in tp:
@@ -362,6 +455,142 @@ def main(argv: list[str] | None = None) -> int:
             "  per CPU second:",
             {k: round(v) for k, v in tp["steps_per_cpu_s_median"].items()},
         )
+
+
+SPLIT_HELP = """\
+Two processes must never write one --out file (each rewrites its whole file after every
+seed). To split the run over processes or sessions, give each process its own --out and a
+seed range (--seed-start, --seeds), then merge the files with --combine, e.g.:
+  bench_deep.py --seed-start 0 --seeds 5 --skip-throughput --out /tmp/deep_s0-4.json
+  bench_deep.py --seed-start 5 --seeds 5 --skip-throughput --out /tmp/deep_s5-9.json
+  bench_deep.py --throughput-only --out /tmp/deep_tp.json
+  bench_deep.py --combine /tmp/deep_s0-4.json /tmp/deep_s5-9.json /tmp/deep_tp.json \\
+      --out benchmarks/results/deep.json
+Merging (--merge, --combine) is per seed: a later source replaces a run with the same
+environment, algorithm and seed, keeps the others, and every summary is recomputed."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=SPLIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="CartPole-v1, 3 seeds, eval/softdqn/dqn, 20k steps"
+    )
+    ap.add_argument("--algos", nargs="+", choices=list(ALGOS))
+    ap.add_argument("--envs", nargs="+", choices=FULL_ENVS)
+    ap.add_argument("--seeds", type=int, help="number of seeds (default 10; --quick 3)")
+    ap.add_argument(
+        "--seed-start",
+        type=int,
+        default=0,
+        metavar="K",
+        help="first seed: runs seeds K..K+seeds-1 (default 0)",
+    )
+    ap.add_argument("--steps", type=int, help="override n_timesteps of the YAML files")
+    ap.add_argument("--eval-every", type=int, default=None)
+    ap.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=10,
+        help="deterministic evaluation episodes, run in parallel on as many sub-envs",
+    )
+    ap.add_argument("--throughput-steps", type=int, default=None)
+    ap.add_argument(
+        "--throughput-repeats", type=int, default=3, help="interleaved repeats (median)"
+    )
+    ap.add_argument(
+        "--throughput-only",
+        action="store_true",
+        help="only the equal-train_freq throughput comparison",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge into an existing --out file per seed (our runs replace runs with the "
+        "same env, algo and seed; the others are kept) instead of overwriting it",
+    )
+    ap.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="no training: merge these result files per seed, in order (a later file wins "
+        "a shared seed and the throughput section), into --out (with --merge, --out's "
+        "existing runs first) and print the table",
+    )
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "deep.json",
+        help="result JSON (default benchmarks/results/deep.json); one file per process: "
+        "parallel processes use different --out files, then --combine",
+    )
+    args = ap.parse_args(argv)
+    command = " ".join(
+        [
+            Path(sys.executable).name,
+            *(sys.argv if argv is None else [str(Path(__file__).relative_to(HERE.parent)), *argv]),
+        ]
+    )
+    if args.combine:
+        missing = [str(path) for path in args.combine if not path.exists()]
+        if missing:
+            ap.error(f"--combine: no such file: {', '.join(missing)}")
+        sources = list(args.combine)
+        if args.merge and args.out.exists() and args.out.resolve() not in {
+            path.resolve() for path in sources
+        }:
+            sources.insert(0, args.out)
+        results = combine_files(sources, command)
+        write_results(args.out, results)
+        print_report(results)
+        return 0
+    if args.seed_start < 0:
+        ap.error("--seed-start must be >= 0")
+    th.set_num_threads(1)
+    algos = args.algos or (["eval", "softdqn", "dqn"] if args.quick else list(ALGOS))
+    envs = args.envs or (["CartPole-v1"] if args.quick else FULL_ENVS)
+    seeds = args.seeds or (3 if args.quick else 10)
+    steps = args.steps if args.steps is not None else (20_000 if args.quick else None)
+    every = args.eval_every or (2000 if args.quick else 2500)
+    tp_steps = args.throughput_steps or (3000 if args.quick else 20_000)
+    results: dict[str, Any] = {
+        "command": command,
+        "quick": args.quick,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": th.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": 1,
+        },
+        "eval_episodes": args.eval_episodes,
+        "eval_every": every,
+        "eval_method": eval_method_description(args.eval_episodes),
+        "runs": {},
+    }
+    if args.merge and args.out.exists():
+        results = merge_results([json.loads(args.out.read_text()), results])
+    for env_id in [] if args.throughput_only else envs:
+        for algo in algos:
+            for seed in range(args.seed_start, args.seed_start + seeds):
+                r = run_one(algo, env_id, seed, steps, every, args.eval_episodes)
+                print(
+                    f"{env_id} {algo} seed {seed}: final {r['curve_returns'][-1]:.1f} "
+                    f"{r['steps_per_s']:.0f} steps/s, evaluation {r['eval_seconds']:.1f} s",
+                    flush=True,
+                )
+                add_runs(results, env_id, algo, [r])
+                results["eval_method"] = eval_methods_of(results)
+                write_results(args.out, results)
+    if not args.skip_throughput:
+        results["throughput"] = throughput(algos, tp_steps, args.throughput_repeats)
+    write_results(args.out, results)
+    print_report(results)
     return 0
 
 

@@ -1,0 +1,238 @@
+"""``benchmarks/bench_deep.py`` bookkeeping: the per-seed merge of result files (``--merge``,
+``--combine``) recomputes every summary, and the vectorised evaluation runs exactly one
+deterministic episode per sub-env, the same episodes as a sequential evaluation of the
+same seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("yaml")
+
+import gymnasium as gym  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_deep.py"
+CARTPOLE = "CartPole-v1"  # threshold 475
+CURVE_STEPS = [0, 1000, 2000, 3000]
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_deep", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_deep", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(seed: int, reaches_at: int | None, steps_per_s: float = 100.0) -> dict[str, Any]:
+    """A synthetic run record whose curve first reaches CartPole's threshold (475) at
+    ``reaches_at`` (never for ``None``), with a final return that tells the run apart."""
+    returns = [
+        500.0 if reaches_at is not None and step >= reaches_at else 100.0 + seed
+        for step in CURVE_STEPS
+    ]
+    returns[-1] += 0.25 * (reaches_at or 0) / 1000.0  # the final return says which run
+    return {
+        "seed": seed,
+        "steps": CURVE_STEPS[-1],
+        "curve_steps": list(CURVE_STEPS),
+        "curve_returns": returns,
+        "train_seconds": CURVE_STEPS[-1] / steps_per_s,
+        "steps_per_s": steps_per_s,
+        "hyperparams": "benchmarks/hyperparams/eval_cartpole.yml",
+    }
+
+
+def _document(
+    bench: Any, runs_by_algo: dict[str, list[dict[str, Any]]], **top: Any
+) -> dict[str, Any]:
+    """A results document as a benchmark process writes it, summaries included."""
+    doc: dict[str, Any] = {"runs": {}, **top}
+    for algo, runs in runs_by_algo.items():
+        bench.add_runs(doc, CARTPOLE, algo, runs)
+    return doc
+
+
+# steps to threshold: old seeds 0, 1, 2 at 1000, 1000, 2000 (median 1000); the new file
+# replaces seed 1 (3000) and adds seed 3 (never). Merged per seed: 1000, 3000, 2000, never
+# -> median 2500. Keeping the old summary gives 1000, the new runs alone None (never),
+# appending without replacing 2000.
+OLD_REACHES = {0: 1000, 1: 1000, 2: 2000}
+NEW_REACHES: dict[int, int | None] = {1: 3000, 3: None}
+
+
+def _old_and_new(bench: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    old = _document(
+        bench,
+        {"eval": [_run(s, r) for s, r in OLD_REACHES.items()]},
+        command="python bench_deep.py --seeds 3",
+        throughput={"steps_per_s_median": {"eval": 1.0}},
+        eval_episodes=10,
+    )
+    new = _document(
+        bench,
+        {"eval": [_run(s, r, steps_per_s=300.0) for s, r in NEW_REACHES.items()]},
+        command="python bench_deep.py --seed-start 1 --seeds 3",
+        eval_method=bench.eval_method_description(10),
+        eval_episodes=10,
+    )
+    for entry in new["runs"][CARTPOLE].values():
+        for run in entry["runs"]:
+            run["eval_method"] = bench.eval_method_description(10)
+    return old, new
+
+
+def _check_merged_eval_entry(entry: dict[str, Any]) -> None:
+    summary = entry["summary"]
+    assert [r["seed"] for r in entry["runs"]] == [0, 1, 2, 3]
+    assert summary["seeds"] == [0, 1, 2, 3]
+    assert summary["n_seeds"] == 4
+    assert entry["runs"][1]["steps_per_s"] == 300.0  # seed 1 replaced by the newer run
+    assert summary["steps_to_threshold_per_seed"] == [1000.0, 3000.0, 2000.0, None]
+    assert summary["steps_to_threshold_median"] == 2500.0
+    assert summary["reached_fraction"] == 0.75
+    finals = [r["curve_returns"][-1] for r in entry["runs"]]
+    assert summary["final_mean"] == pytest.approx(np.mean(finals))
+    assert summary["steps_per_s_median"] == pytest.approx(200.0)  # 100, 300, 100, 300
+
+
+def test_merge_runs_replaces_same_seed_keeps_others_sorted(bench: Any) -> None:
+    merged = bench.merge_runs(
+        [_run(2, 1000), _run(0, 1000), _run(1, 1000)],
+        [_run(3, None, steps_per_s=7.0), _run(1, 2000, steps_per_s=7.0)],
+    )
+    assert [r["seed"] for r in merged] == [0, 1, 2, 3]
+    assert [r["steps_per_s"] for r in merged] == [100.0, 7.0, 100.0, 7.0]
+
+
+def test_merge_results_per_seed_recomputes_summary(bench: Any) -> None:
+    old, new = _old_and_new(bench)
+    old_summary = json.dumps(old["runs"][CARTPOLE]["eval"]["summary"])
+    merged = bench.merge_results([old, new])
+    _check_merged_eval_entry(merged["runs"][CARTPOLE]["eval"])
+    assert json.dumps(old["runs"][CARTPOLE]["eval"]["summary"]) == old_summary  # unchanged
+    assert merged["throughput"] == old["throughput"]  # the newer document has none
+    assert merged["commands"] == [old["command"], new["command"]]
+    # old runs have no eval_method: the top level says that the file mixes two methods
+    assert merged["eval_method"] == sorted(
+        [bench.LEGACY_EVAL_METHOD, bench.eval_method_description(10)]
+    )
+
+
+def test_combine_two_files(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    old, new = _old_and_new(bench)
+    new["throughput"] = {"steps_per_s_median": {"eval": 2.0}}
+    bench.add_runs(new, CARTPOLE, "dqn", [_run(0, 3000)])
+    first, second = tmp_path / "seeds_a.json", tmp_path / "seeds_b.json"
+    first.write_text(json.dumps(old))
+    second.write_text(json.dumps({**new, "commands": ["b1", "b2"]}))
+    out = tmp_path / "combined.json"
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("--combine must not train")
+
+    monkeypatch.setattr(bench, "run_one", no_training)
+    monkeypatch.setattr(bench, "throughput", no_training)
+    assert bench.main(["--combine", str(first), str(second), "--out", str(out)]) == 0
+    combined = json.loads(out.read_text())
+    _check_merged_eval_entry(combined["runs"][CARTPOLE]["eval"])
+    assert combined["runs"][CARTPOLE]["dqn"]["summary"]["steps_to_threshold_median"] == 3000.0
+    assert combined["throughput"] == new["throughput"]  # the later file wins
+    assert combined["commands"] == [old["command"], "b1", "b2"]
+    assert combined["combined_from"] == [str(first), str(second)]
+    assert "--combine" in combined["command"]
+    table = capsys.readouterr().out
+    assert "| CartPole-v1 | eval | 4 |" in table
+    assert "| CartPole-v1 | dqn | 1 |" in table
+
+    # order matters: with the files swapped, the old seed 1 wins and old's throughput
+    swapped = tmp_path / "swapped.json"
+    assert bench.main(["--combine", str(second), str(first), "--out", str(swapped)]) == 0
+    entry = json.loads(swapped.read_text())["runs"][CARTPOLE]["eval"]
+    assert entry["summary"]["steps_to_threshold_per_seed"] == [1000.0, 1000.0, 2000.0, None]
+    assert json.loads(swapped.read_text())["throughput"] == old["throughput"]
+
+
+class AngleOnlyPolicy:
+    """A fixed deterministic CartPole policy (push towards the pole's lean) that loses
+    after a state-dependent few dozen steps, so episode returns differ between seeds."""
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        return (np.asarray(observation)[:, 2] > 0).astype(np.int64), state
+
+
+def _sequential_returns(policy: Any, seed: int, episodes: int) -> list[float]:
+    """One episode per seed ``10000 + seed + i``, one after another, one observation at
+    a time."""
+    returns = []
+    for i in range(episodes):
+        env = gym.make(CARTPOLE)
+        obs, _ = env.reset(seed=10_000 + seed + i)
+        total, done = 0.0, False
+        while not done:
+            action, _ = policy.predict(obs[None], deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(int(action[0]))
+            total += float(reward)
+            done = terminated or truncated
+        env.close()
+        returns.append(total)
+    return returns
+
+
+def test_vectorised_evaluation_equals_sequential_episodes(bench: Any) -> None:
+    seed, episodes = 3, 7
+    eval_env = bench.make_eval_env(CARTPOLE, seed, episodes)
+    returns = bench.evaluate_episodes(AngleOnlyPolicy(), eval_env)
+    eval_env.close()
+    reference = _sequential_returns(AngleOnlyPolicy(), seed, episodes)
+    assert len(returns) == episodes
+    assert len(set(reference)) > 1  # the seeds do give different episodes
+    assert sorted(returns) == sorted(reference)
+
+
+def test_vectorised_evaluation_of_a_tiltrl_model(bench: Any) -> None:
+    """The batched ``predict`` of a tiltrl agent (untrained SoftDQN) gives the same
+    episodes as one observation at a time."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from tiltrl.deep import SoftDQN
+
+    model = SoftDQN("MlpPolicy", make_vec_env(CARTPOLE, n_envs=1, seed=0), seed=0)
+    seed, episodes = 0, 5
+    eval_env = bench.make_eval_env(CARTPOLE, seed, episodes)
+    returns = bench.evaluate_episodes(model, eval_env)
+    assert len(returns) == episodes
+    assert sorted(returns) == sorted(_sequential_returns(model, seed, episodes))
+    # a second evaluation also counts one episode per sub-env (some were auto-reset
+    # mid-episode after their first one; evaluate_policy resets them all again)
+    assert len(bench.evaluate_episodes(model, eval_env)) == episodes
+    eval_env.close()
+
+
+def test_run_one_records_eval_method(bench: Any) -> None:
+    run = bench.run_one("softdqn", CARTPOLE, seed=1, steps=200, every=100, episodes=3)
+    assert run["seed"] == 1
+    # SoftDQN's train_freq 256 rounds learn up to 256 steps, evaluated at the end
+    assert run["curve_steps"] == [0, 100, 200, 256] == [0, 100, 200, run["steps"]]
+    assert len(run["curve_returns"]) == 4
+    assert run["eval_method"] == "vectorised: 3 envs, one episode each, seeds 10000+seed+i"
+    assert run["eval_seconds"] > 0.0
