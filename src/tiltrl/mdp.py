@@ -113,7 +113,9 @@ class TabularMDP:
         "_prior",
         "_initial",
         "_info",
-        "_frozen",
+        "_row_index",
+        "_reward_per_transition",
+        "_frozen",  # last: unpickling sets the slots in this order
     )
 
     def __init__(
@@ -198,6 +200,9 @@ class TabularMDP:
         self._prior = prior_arr
         self._initial = initial_arr
         self._info: dict[str, Any] = dict(info or {})
+        # derived per-transition arrays, made on first use (solvers ask for them often)
+        self._row_index: np.ndarray | None = None
+        self._reward_per_transition: np.ndarray | None = None
         self._frozen = True
 
     # ------------------------------------------------------------------ validation
@@ -340,14 +345,28 @@ class TabularMDP:
         return int(self._P.nnz)
 
     def row_index(self) -> np.ndarray:
-        """Row ``s*A+a`` of every non-zero of ``P`` (aligned with ``P.data``)."""
-        return np.repeat(np.arange(self._P.shape[0]), np.diff(self._P.indptr))
+        """Row ``s*A+a`` of every non-zero of ``P`` (aligned with ``P.data``; read-only,
+        computed once)."""
+        if self._row_index is None:
+            object.__setattr__(
+                self, "_row_index", np.repeat(np.arange(self._P.shape[0]), np.diff(self._P.indptr))
+            )
+        assert self._row_index is not None
+        self._row_index.flags.writeable = False  # (again after unpickling)
+        return self._row_index
 
     def reward_per_transition(self) -> np.ndarray:
-        """``r(s,a,s')`` aligned with ``P.data`` (broadcast from ``r(s,a)`` if needed)."""
+        """``r(s,a,s')`` aligned with ``P.data`` (broadcast from ``r(s,a)`` if needed;
+        read-only, computed once)."""
         if self._transition_reward is not None:
             return self._transition_reward
-        return self._reward.ravel()[self.row_index()]
+        if self._reward_per_transition is None:
+            object.__setattr__(
+                self, "_reward_per_transition", self._reward.ravel()[self.row_index()]
+            )
+        assert self._reward_per_transition is not None
+        self._reward_per_transition.flags.writeable = False  # (again after unpickling)
+        return self._reward_per_transition
 
     @property
     def is_deterministic(self) -> bool:

@@ -129,10 +129,18 @@ class LogKernel:
         """Build from log entries ``(rows[k], cols[k], logw[k])``; duplicates of one
         ``(row, col)`` are combined by log-sum-exp (entries add in linear space)."""
         key = rows.astype(np.int64) * n + cols.astype(np.int64)
-        order = np.argsort(key, kind="stable")
-        key, w = key[order], logw[order]
-        uniq, start = np.unique(key, return_index=True)
-        combined = row_logsumexp(w, np.append(start, key.size))
+        if key.size and np.all(key[1:] > key[:-1]):
+            # already sorted without duplicates (e.g. restricted or rebuilt kernels)
+            uniq, combined = key, np.asarray(logw, dtype=np.float64)
+        else:
+            order = np.argsort(key, kind="stable")
+            key, w = key[order], logw[order]
+            first = np.empty(key.size, dtype=bool)
+            first[:1] = True
+            np.not_equal(key[1:], key[:-1], out=first[1:])
+            start = np.flatnonzero(first)  # (key is sorted: no second sort as np.unique)
+            uniq = key[start]
+            combined = row_logsumexp(w, np.append(start, key.size))
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
         return cls(indptr, uniq % n, combined)
