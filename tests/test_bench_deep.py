@@ -5,9 +5,7 @@ same seeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,15 @@ pytest.importorskip("yaml")
 
 import gymnasium as gym  # noqa: E402
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_deep.py"
+from _benchmarks import load_benchmark  # noqa: E402
+
 CARTPOLE = "CartPole-v1"  # threshold 475
 CURVE_STEPS = [0, 1000, 2000, 3000]
 
 
 @pytest.fixture(scope="module")
 def bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_deep", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_deep", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_deep")
 
 
 def _run(seed: int, reaches_at: int | None, steps_per_s: float = 100.0) -> dict[str, Any]:

@@ -4,29 +4,19 @@ fed the uniforms of ``learn``'s random stream it learns the same table."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import tiltrl
+from _benchmarks import load_benchmark
 from _random_models import random_dense_mdp as _random_mdp
 from tiltrl.agents import learn
 from tiltrl.bounds import soft_bellman_bounds
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tabular.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_tabular", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_tabular", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_tabular")
 
 
 def _model_lists(mdp):
