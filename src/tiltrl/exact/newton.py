@@ -212,12 +212,9 @@ class EvaluationLU:
             shape=(n, n),
         )
         # raises RuntimeError when C is exactly singular (numerically multichain kernel)
-        if self._permuted:
-            self._lu = splu(C, permc_spec="NATURAL", diag_pivot_thresh=0.01,
-                            options={"SymmetricMode": True})
-        else:
-            self._lu = splu(C, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.01,
-                            options={"SymmetricMode": True})
+        self._lu = splu(C, permc_spec="NATURAL" if self._permuted else "MMD_AT_PLUS_A",
+                        diag_pivot_thresh=0.01, options={"SymmetricMode": True})
+        if not self._permuted:
             self.order = np.argsort(self._lu.perm_c)  # position j holds state order[j]
         # w = 1 - C[:, ref] = 1 + K[:, ref] - 2 e_ref
         self._w = A.k_ref + 1.0
