@@ -63,10 +63,15 @@ _BORDER_PROBE_TOL = 1e-11
 #: sweeps of iterative refinement a preconditioned step tries before GMRES
 _REFINEMENT_SWEEPS = 2
 
-#: refactorise after a preconditioned step that took this fraction of a factorisation's
-#: time: later steps would pay more in iterations than a fresh LU costs (measured on grid
-#: worlds of 1e5 and 1e6 pairs, 1/4 beats 1/2 by 20% and more)
-_STALE_FRACTION = 0.25
+#: refactorise once the preconditioned steps since the last factorisation have taken this
+#: fraction of its time: later steps (and the stationary law) would pay more in Krylov
+#: iterations than a fresh LU costs. Counted over all steps since the LU, not per step: a
+#: per-step rule could keep a stale LU for good when every step stays just under its
+#: threshold (1e6 pairs: one LU for the whole solve, 10 s instead of 7-8 s). Measured in
+#: triangular solves on grid worlds of 1e5 and 1e6 pairs at beta = 10, two factorisations
+#: with the second after two or three preconditioned steps are best (123 and 116-121
+#: solve-equivalents; the second after one step: 133 and 129)
+_STALE_FRACTION = 0.5
 
 #: absolute 2-norm residual at which the stationary law's GMRES stops (its entries sum to
 #: 1; the refinement loop accepts a max-norm residual below 1e-15)
@@ -398,6 +403,7 @@ def newton_average(
     # recorded time counts as expensive: it is only dropped when a step fails to halve)
     factor_time = getattr(lu0, "seconds", np.inf)
     step_time = 0.0
+    since_factor = 0.0  # time of the preconditioned steps since the last factorisation
     blowups = 0
     Th, kernel = evaluate(h) if first is None else first
     theta, lo, hi, resid = relative_residual(Th - h, beta)
@@ -449,14 +455,16 @@ def newton_average(
             # the old LU no longer describes the Jacobian well: redo this step exactly
             reuse_allowed = False
             continue
-        if not reused:
-            factor_time = lu.seconds
+        if reused:
+            since_factor += step_time
+        else:
+            factor_time, since_factor = lu.seconds, 0.0
         # an exact step is soft policy iteration: its gain never decreases even when the
         # residual jumps (the evaluated policy may be nearly multichain), so it is kept.
         # The Jacobian drifts away from the factored one and GMRES needs ever more
-        # iterations: refactorise once a step costs a quarter of a factorisation, unless
-        # the next (quadratically convergent) step should be the last one
-        costly = reused and step_time > _STALE_FRACTION * factor_time
+        # iterations: refactorise once the steps since the LU have cost half a
+        # factorisation, unless the next (quadratically convergent) step should be the last
+        costly = reused and since_factor > _STALE_FRACTION * factor_time
         reuse_allowed = not (costly and trial[3] ** 2 > tol)
         if reused and hasattr(lu, "stale"):
             # across runs (continuation in a parameter), where each run may need only
