@@ -172,3 +172,39 @@ def test_row_logsumexp_matches_scipy_on_every_row_layout(seed, n, layout):
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
     fin = np.isfinite(want)
     np.testing.assert_allclose(got[fin], want[fin], rtol=1e-13, atol=1e-12)
+
+
+def test_refactorise_rule_counts_all_steps_since_the_factorisation() -> None:
+    # each step alone is cheap (0.2 of a factorisation), together they are not
+    assert not newton._refactorise_due(0.2, 1.0, 1e-3, 1e-10)
+    assert newton._refactorise_due(0.6, 1.0, 1e-3, 1e-10)
+    # ... unless the next step should be the last one (resid^2 below tol)
+    assert not newton._refactorise_due(0.6, 1.0, 1e-6, 1e-10)
+
+
+def test_newton_refactorises_a_stale_lu_whose_steps_are_each_cheap(monkeypatch) -> None:
+    # A fake clock: a factorisation costs 1 s, a preconditioned step 0.2 s. A per-step
+    # rule (0.2 < threshold) would keep the first LU for the whole solve; the steps since
+    # the LU add up, so a second factorisation must come before the last steps.
+    clock = [0.0]
+    monkeypatch.setattr(newton.time, "perf_counter", lambda: clock[0])
+    real_splu, real_step = newton.splu, newton._preconditioned_step
+    calls: list[str] = []
+
+    def splu(*args, **kwargs):  # type: ignore[no-untyped-def]
+        clock[0] += 1.0
+        calls.append("LU")
+        return real_splu(*args, **kwargs)
+
+    def step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        clock[0] += 0.2
+        calls.append("PC")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(newton, "splu", splu)
+    monkeypatch.setattr(newton, "_preconditioned_step", step)
+    mdp = tiltrl.large_grid(142, 142, n_actions=4)  # >= _REUSE_MIN_STATES states
+    assert mdp.n_states >= newton._REUSE_MIN_STATES
+    sol = tiltrl.solve(mdp, 10.0, tol=1e-10)
+    assert sol.converged
+    assert calls[:5] == ["LU", "PC", "PC", "PC", "LU"], calls

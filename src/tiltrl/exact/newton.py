@@ -318,6 +318,15 @@ def _forcing_term(resid: float, tol: float) -> float:
     return min(1e-3, max(0.1 * resid, 0.01 * tol / resid, 1e-10))
 
 
+def _refactorise_due(since_factor: float, factor_time: float, resid: float,
+                     tol: float) -> bool:
+    """Whether the next Newton step should factorise afresh: the preconditioned steps
+    since the last LU took ``since_factor`` seconds in all, more than ``_STALE_FRACTION``
+    of that LU's ``factor_time``, and the next step (residual ``resid``, quadratic
+    convergence) is not expected to be the last."""
+    return since_factor > _STALE_FRACTION * factor_time and resid**2 > tol
+
+
 def _preconditioned_step(A: _EvaluationOperator, b: np.ndarray, lu: Any,
                          rtol: float) -> np.ndarray | None:
     """Newton step with the *current* Jacobian by GMRES, preconditioned by an older LU.
@@ -464,8 +473,8 @@ def newton_average(
         # The Jacobian drifts away from the factored one and GMRES needs ever more
         # iterations: refactorise once the steps since the LU have cost half a
         # factorisation, unless the next (quadratically convergent) step should be the last
-        costly = reused and since_factor > _STALE_FRACTION * factor_time
-        reuse_allowed = not (costly and trial[3] ** 2 > tol)
+        reuse_allowed = not (reused and _refactorise_due(since_factor, factor_time,
+                                                         trial[3], tol))
         if reused and hasattr(lu, "stale"):
             # across runs (continuation in a parameter), where each run may need only
             # one step: once the steps' growth over the first one has cost as much as a
