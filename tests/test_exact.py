@@ -378,6 +378,26 @@ def test_tilted_operator_and_state_kernel_match_dense(m, beta):
         )
     kern = state_log_kernel(m.mdp, beta, shift)
     np.testing.assert_allclose(kern.to_dense(), state_matrix(m, beta, shift), rtol=1e-12)
+    # a second beta reuses the model's kept pattern of (s, s') entries
+    kern2 = state_log_kernel(m.mdp, 0.5 * beta, shift)
+    assert kern2.indptr is kern.indptr
+    np.testing.assert_allclose(kern2.to_dense(), state_matrix(m, 0.5 * beta, shift),
+                               rtol=1e-12)
+
+
+def test_solves_on_one_model_equal_solves_on_fresh_copies():
+    """The model keeps beta-free structure (kernel pattern, classes) between solves; a
+    solve after others must be bit-for-bit the solve of a fresh model, also where the
+    model is reducible (its class analysis is among what is kept)."""
+    grid = ["SFWF", "FFWF", "FGWF"]  # the right column is unreachable from S
+    shared = tiltrl.gridworld(grid, slippery=1)
+    for beta in (0.5, 3.0, 20.0):
+        fresh = tiltrl.gridworld(grid, slippery=1)
+        a, b = tiltrl.solve(shared, beta), tiltrl.solve(fresh, beta)
+        assert a.theta == b.theta and a.notes == b.notes and "reachable" in a.notes[0]
+        assert a.recurrent_states.size == 6
+        np.testing.assert_array_equal(a.log_u, b.log_u)
+        np.testing.assert_array_equal(a.stationary, b.stationary)
 
 
 # ============================================================================ identities

@@ -384,3 +384,23 @@ def test_gridworld_save_load(tmp_path):
     assert (back.P != mdp.P).nnz == 0
     assert repr(back) == repr(mdp)
     assert back.is_deterministic
+
+
+def test_structure_is_made_once_and_left_behind_by_pickle(rng):
+    import pickle
+
+    mdp = TabularMDP(stochastic(rng, 4, 3), rng.normal(size=(4, 3)))
+    calls = []
+
+    def make():
+        calls.append(1)
+        return np.arange(3)
+
+    first = mdp.structure("k", make)
+    assert mdp.structure("k", make) is first and len(calls) == 1
+    clone = pickle.loads(pickle.dumps(mdp))
+    assert clone.P.nnz == mdp.P.nnz and np.array_equal(clone.reward, mdp.reward)
+    with pytest.raises(AttributeError):
+        clone._P = None  # still frozen: _frozen is set last on unpickling
+    # the structures stay behind; the copy makes its own on first use
+    assert np.array_equal(clone.structure("k", make), first) and len(calls) == 2

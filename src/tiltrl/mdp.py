@@ -14,7 +14,7 @@ Nothing is silently renormalised: bad input raises ``ValueError`` naming the off
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class TabularMDP:
         "_info",
         "_row_index",
         "_reward_per_transition",
+        "_structures",
         "_frozen",  # last: unpickling sets the slots in this order
     )
 
@@ -203,6 +204,7 @@ class TabularMDP:
         # derived per-transition arrays, made on first use (solvers ask for them often)
         self._row_index: np.ndarray | None = None
         self._reward_per_transition: np.ndarray | None = None
+        self._structures: dict[str, Any] = {}
         self._frozen = True
 
     # ------------------------------------------------------------------ validation
@@ -367,6 +369,26 @@ class TabularMDP:
         assert self._reward_per_transition is not None
         self._reward_per_transition.flags.writeable = False  # (again after unpickling)
         return self._reward_per_transition
+
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        # the solvers' structures stay behind (they are remade on first use); slots in
+        # declaration order, so that _frozen is set last on unpickling
+        return None, {k: getattr(self, k) for k in self.__slots__
+                      if k != "_structures" and hasattr(self, k)}
+
+    def structure(self, key: str, make: Callable[[], Any]) -> Any:
+        """A structure derived from the model alone (no beta): ``make()`` on the first call
+        with ``key``, the kept result afterwards. Solvers keep their symbolic analysis here
+        (the sparsity pattern of the state kernel, its strongly connected classes), so a
+        sweep over beta or a repeated solve pays for it once; the model is immutable, so
+        the result never goes stale. ``make`` must return read-only arrays."""
+        cache = getattr(self, "_structures", None)
+        if cache is None:  # unpickled from a version without the slot
+            cache = {}
+            object.__setattr__(self, "_structures", cache)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
 
     @property
     def is_deterministic(self) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from tiltrl.exact.graph import can_reach, class_structure, reachable_from
+from tiltrl.exact.graph import ClassStructure, can_reach, class_structure, reachable_from
 from tiltrl.exact.newton import (
     NewtonResult,
     newton_average,
@@ -101,24 +101,51 @@ class _ClassChoice:
     notes: list[str]
 
 
+_SupportClasses = tuple[sp.csr_matrix, np.ndarray, np.ndarray, ClassStructure]
+
+
+def _support_classes(kernel: LogKernel, initial: np.ndarray) -> _SupportClasses:
+    """Support graph of ``kernel``, the states reachable from the initial law and their
+    strongly connected classes (no beta: the same for every kernel of one pattern)."""
+    adj = kernel.adjacency()
+    reach = reachable_from(adj, initial > 0)
+    nodes = np.flatnonzero(reach)
+    cs = class_structure(adj, nodes)
+    for a in (adj.data, adj.indices, adj.indptr, reach, nodes, cs.labels, cs.nontrivial,
+              cs.closed):
+        a.setflags(write=False)  # kept on the model and shared by its solutions
+    return adj, reach, nodes, cs
+
+
+def _state_classes(mdp: TabularMDP, kernel: LogKernel) -> _SupportClasses:
+    """:func:`_support_classes` of a state kernel of ``mdp``, kept on the model for the
+    pattern of the first kernel it was asked for (i.e. for every kernel sharing its
+    ``indptr``: those of :func:`state_log_kernel` without overflowed entries)."""
+    indptr, classes = mdp.structure(
+        "state_classes", lambda: (kernel.indptr, _support_classes(kernel, mdp.initial))
+    )
+    if indptr is kernel.indptr:
+        return classes  # type: ignore[no-any-return]
+    return _support_classes(kernel, mdp.initial)
+
+
 def _choose_class(
     kernel: LogKernel,
     initial: np.ndarray,
     beta: float,
     tol: float,
     max_iter: int,
+    classes: _SupportClasses | None = None,
 ) -> _ClassChoice:
-    """Find the dominant strongly connected class reachable from the initial law."""
-    adj = kernel.adjacency()
+    """Find the dominant strongly connected class reachable from the initial law.
+    ``classes`` is :func:`_support_classes` of ``kernel`` when the caller has it."""
+    adj, reach, nodes, cs = classes if classes is not None else _support_classes(kernel, initial)
     n = kernel.n
-    reach = reachable_from(adj, initial > 0)
-    nodes = np.flatnonzero(reach)
     notes: list[str] = []
     if nodes.size < n:
         notes.append(
             f"solved on the {nodes.size} of {n} states reachable from the initial distribution"
         )
-    cs = class_structure(adj, nodes)
     if cs.n_classes == 1:
         return _ClassChoice(nodes, nodes, notes)
     candidates = np.flatnonzero(cs.nontrivial)
@@ -284,7 +311,7 @@ def solve_controlled(
     kernel = state_log_kernel(mdp, beta, shift)
     if max_iter is None:
         max_iter = 200 if method == "newton" else 1_000_000
-    choice = _choose_class(kernel, mdp.initial, beta, tol, 200)
+    choice = _choose_class(kernel, mdp.initial, beta, tol, 200, _state_classes(mdp, kernel))
     states = choice.solve_states
     sub, _ = kernel.restrict(states)
     ref = int(np.searchsorted(states, choice.recurrent[0]))

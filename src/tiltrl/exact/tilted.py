@@ -103,12 +103,16 @@ def log_tilted_weights(mdp: TabularMDP, beta: float, shift: float) -> np.ndarray
 
     Entries whose action has zero prior mass come out as ``-inf``.
     """
-    P = mdp.P
-    rows = mdp.row_index()
+    base = mdp.structure("log_prior_dynamics", lambda: _log_prior_dynamics(mdp))
+    return base + beta * (mdp.reward_per_transition() - shift)
+
+
+def _log_prior_dynamics(mdp: TabularMDP) -> np.ndarray:
+    """``log pi0(a|s) + log p(s'|s,a)`` per non-zero of ``P`` (read-only)."""
     with np.errstate(divide="ignore"):
-        log_pi0 = np.log(mdp.prior.ravel())[rows]
-        log_p = np.log(P.data)
-    return log_pi0 + log_p + beta * (mdp.reward_per_transition() - shift)
+        out = np.log(mdp.prior.ravel())[mdp.row_index()] + np.log(mdp.P.data)
+    out.setflags(write=False)
+    return out
 
 
 @dataclass(frozen=True)
@@ -128,22 +132,8 @@ class LogKernel:
     ) -> LogKernel:
         """Build from log entries ``(rows[k], cols[k], logw[k])``; duplicates of one
         ``(row, col)`` are combined by log-sum-exp (entries add in linear space)."""
-        key = rows.astype(np.int64) * n + cols.astype(np.int64)
-        if key.size and np.all(key[1:] > key[:-1]):
-            # already sorted without duplicates (e.g. restricted or rebuilt kernels)
-            uniq, combined = key, np.asarray(logw, dtype=np.float64)
-        else:
-            order = np.argsort(key, kind="stable")
-            key, w = key[order], logw[order]
-            first = np.empty(key.size, dtype=bool)
-            first[:1] = True
-            np.not_equal(key[1:], key[:-1], out=first[1:])
-            start = np.flatnonzero(first)  # (key is sorted: no second sort as np.unique)
-            uniq = key[start]
-            combined = row_logsumexp(w, np.append(start, key.size))
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
-        return cls(indptr, uniq % n, combined)
+        pattern = _EntryPattern.of(rows, cols, n)
+        return pattern.kernel(np.asarray(logw, dtype=np.float64))
 
     @property
     def n(self) -> int:
@@ -181,12 +171,74 @@ class LogKernel:
         return out
 
 
-def state_log_kernel(mdp: TabularMDP, beta: float, shift: float) -> LogKernel:
-    """Log of ``Q[s,s'] = sum_a pi0(a|s) p(s'|s,a) exp(beta (r(s,a,s') - shift))``."""
+@dataclass(frozen=True)
+class _EntryPattern:
+    """Where log entries ``(rows[k], cols[k])`` go in a CSR :class:`LogKernel`: ``order``
+    sorts them by ``(row, col)`` (``None``: already sorted), ``bounds`` delimits runs of
+    one ``(row, col)`` to combine by log-sum-exp (``None``: no duplicates). Depends on
+    the sparsity pattern alone, so it can be computed once for many weight vectors."""
+
+    indptr: np.ndarray
+    cols: np.ndarray
+    order: np.ndarray | None
+    bounds: np.ndarray | None
+    layout: RowLayout | None
+
+    @classmethod
+    def of(cls, rows: np.ndarray, cols: np.ndarray, n: int) -> _EntryPattern:
+        key = rows.astype(np.int64) * n + cols.astype(np.int64)
+        order = None
+        if not (key.size == 0 or np.all(key[1:] > key[:-1])):
+            order = np.argsort(key, kind="stable")
+            key = key[order]
+        first = np.empty(key.size, dtype=bool)
+        first[:1] = True
+        np.not_equal(key[1:], key[:-1], out=first[1:])
+        start = np.flatnonzero(first)  # (key is sorted: no second sort as np.unique)
+        bounds = None if start.size == key.size else np.append(start, key.size)
+        uniq = key if bounds is None else key[start]
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(uniq // n, minlength=n), out=indptr[1:])
+        out = cls(indptr, uniq % n, order, bounds,
+                  None if bounds is None else RowLayout.of(bounds))
+        for a in (out.indptr, out.cols, out.order, out.bounds):
+            if a is not None:
+                a.setflags(write=False)
+        return out
+
+    def kernel(self, logw: np.ndarray) -> LogKernel:
+        """The kernel with these log entries (in the order given to :meth:`of`)."""
+        w = logw if self.order is None else logw[self.order]
+        if self.bounds is not None:
+            w = row_logsumexp(w, self.bounds, self.layout)
+        return LogKernel(self.indptr, self.cols, w)
+
+
+def _state_pattern(mdp: TabularMDP) -> tuple[np.ndarray, _EntryPattern]:
+    """The non-zeros of ``P`` whose action has prior mass, and where they go in the state
+    kernel (no beta in either: computed once per model, :meth:`TabularMDP.structure`)."""
     S, A = mdp.shape
+    rows = mdp.row_index()
+    take = np.flatnonzero(mdp.prior.ravel()[rows] > 0)
+    take.setflags(write=False)
+    return take, _EntryPattern.of(rows[take] // A, mdp.P.indices[take], S)
+
+
+def state_log_kernel(mdp: TabularMDP, beta: float, shift: float) -> LogKernel:
+    """Log of ``Q[s,s'] = sum_a pi0(a|s) p(s'|s,a) exp(beta (r(s,a,s') - shift))``.
+
+    The entries' places (a sort of the ``(s, s')`` pairs) depend on the model alone and
+    are computed on the first call only."""
     w = log_tilted_weights(mdp, beta, shift)
-    keep = np.isfinite(w)
-    return LogKernel.from_entries((mdp.row_index() // A)[keep], mdp.P.indices[keep], w[keep], S)
+    take, pattern = mdp.structure("state_log_kernel", lambda: _state_pattern(mdp))
+    w = w[take]
+    if not np.all(np.isfinite(w)):
+        # beta (r - shift) overflowed to -inf somewhere: drop those entries (new pattern)
+        keep = np.isfinite(w)
+        S, A = mdp.shape
+        rows = mdp.row_index()[take[keep]] // A
+        return LogKernel.from_entries(rows, mdp.P.indices[take[keep]], w[keep], S)
+    return pattern.kernel(w)
 
 
 def tilted_operator(mdp: TabularMDP, beta: float, *, shift: float = 0.0) -> LinearOperator:
