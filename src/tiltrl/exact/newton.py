@@ -69,8 +69,9 @@ _REFINEMENT_SWEEPS = 2
 #: per-step rule could keep a stale LU for good when every step stays just under its
 #: threshold (1e6 pairs: one LU for the whole solve, 10 s instead of 7-8 s). Measured in
 #: triangular solves on grid worlds of 1e5 and 1e6 pairs at beta = 10, two factorisations
-#: with the second after two or three preconditioned steps are best (123 and 116-121
-#: solve-equivalents; the second after one step: 133 and 129)
+#: with the second after two or three preconditioned steps are best (1e5: 53 solves, ~123
+#: solve-equivalents with an LU at ~35 solves; after one step: 63, ~133. 1e6: 51 solves
+#: against 54-64 for the other schedules tried); this rule picks those
 _STALE_FRACTION = 0.5
 
 #: absolute 2-norm residual at which the stationary law's GMRES stops (its entries sum to
