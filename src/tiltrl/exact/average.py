@@ -131,15 +131,14 @@ def _state_classes(mdp: TabularMDP, kernel: LogKernel) -> _SupportClasses:
 
 def _choose_class(
     kernel: LogKernel,
-    initial: np.ndarray,
+    classes: _SupportClasses,
     beta: float,
     tol: float,
     max_iter: int,
-    classes: _SupportClasses | None = None,
 ) -> _ClassChoice:
-    """Find the dominant strongly connected class reachable from the initial law.
-    ``classes`` is :func:`_support_classes` of ``kernel`` when the caller has it."""
-    adj, reach, nodes, cs = classes if classes is not None else _support_classes(kernel, initial)
+    """Find the dominant strongly connected class reachable from the initial law
+    (``classes``: :func:`_support_classes` of ``kernel``)."""
+    adj, reach, nodes, cs = classes
     n = kernel.n
     notes: list[str] = []
     if nodes.size < n:
@@ -311,7 +310,7 @@ def solve_controlled(
     kernel = state_log_kernel(mdp, beta, shift)
     if max_iter is None:
         max_iter = 200 if method == "newton" else 1_000_000
-    choice = _choose_class(kernel, mdp.initial, beta, tol, 200, _state_classes(mdp, kernel))
+    choice = _choose_class(kernel, _state_classes(mdp, kernel), beta, tol, 200)
     states = choice.solve_states
     sub, _ = kernel.restrict(states)
     ref = int(np.searchsorted(states, choice.recurrent[0]))
