@@ -39,6 +39,7 @@ from tiltrl.exact.newton import (
     stationary_distribution,
 )
 from tiltrl.exact.noda import noda_perron
+from tiltrl.exact.ordering import nested_dissection
 from tiltrl.exact.result import Solution
 from tiltrl.exact.tilted import LogKernel, RowLayout, row_logsumexp, state_log_kernel
 from tiltrl.mdp import TabularMDP
@@ -51,6 +52,36 @@ class ConvergenceWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------- helpers
+#: consecutive Newton steps with an overflowing residual before the Perron problem is
+#: handed to Noda iteration (healthy runs on the benchmark grids have at most one)
+_MAX_BLOWUPS = 3
+#: Noda steps before giving up (converging runs on the test grids take 30-45)
+_NODA_MAX_ITER = 100
+#: classes from this size get a nested-dissection ordering for their sparse LUs
+_DISSECTION_MIN_STATES = 2_000
+
+
+def _state_order(mdp: TabularMDP, kernel: LogKernel, sub: LogKernel,
+                 states: np.ndarray) -> np.ndarray | None:
+    """Nested-dissection ordering (:mod:`tiltrl.exact.ordering`) of ``sub``, the state
+    kernel ``kernel`` of ``mdp`` restricted to ``states``; kept on the model for the
+    pattern and states it was first made for (it has no beta: a sweep pays for it once).
+    ``None`` on small classes, where SuperLU's own ordering is as good and cheaper, and
+    for any other pattern or class than the kept one."""
+    if states.size < _DISSECTION_MIN_STATES:
+        return None
+
+    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        order = nested_dissection(sub.row_of, sub.cols, sub.n)
+        order.setflags(write=False)
+        return kernel.indptr, states.copy(), order
+
+    indptr, kept_states, order = mdp.structure("state_order", make)
+    if indptr is kernel.indptr and np.array_equal(kept_states, states):
+        return order  # type: ignore[no-any-return]
+    return None  # another class or pattern (rare): SuperLU's ordering, not a second one kept
+
+
 def _kernel_evaluator(kernel: LogKernel, beta: float):  # type: ignore[no-untyped-def]
     """``T h = (1/beta) log sum_j Q[i,j] exp(beta h_j)`` and its Jacobian (controlled)."""
     rows = kernel.row_of
@@ -211,8 +242,10 @@ def _log_left_vector(
     ref = int(np.argmax(g0))
     res = newton_average(
         _kernel_evaluator(transposed, beta), g0 - g0[ref], ref=ref, beta=beta, tol=tol,
-        max_iter=100,
+        max_iter=100, max_blowups=_MAX_BLOWUPS,
     )
+    # no Noda fallback here: on mazes the left vector's tiny masses (dead ends) keep it
+    # from converging in 500 steps; the linear-space law is the fallback instead
     if not res.converged or abs(res.theta - theta_shift) > 1e-8 * max(1.0, abs(theta_shift)):
         return None
     return beta * res.h
@@ -231,28 +264,56 @@ def _anneal_if_better(
     if not (annealed.converged or annealed.residual < res.residual):
         return res
     notes.append(
-        f"Newton from the start stopped ({res.note or 'max_iter'}); solved by annealing beta"
+        "Newton and Noda iteration from the start stopped "
+        f"({res.note or 'max_iter'}); solved by annealing beta"
     )
     annealed.iterations += res.iterations
     return annealed
 
 
-def _noda_if_better(
-    res: NewtonResult, kernel: LogKernel, beta: float, tol: float, notes: list[str]
+def _newton_then_noda(
+    kernel: LogKernel, beta: float, h0: np.ndarray, ref: int, tol: float, max_iter: int,
+    notes: list[str], order: np.ndarray | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> NewtonResult:
-    """Last resort for the controlled problem: Noda iteration (globally convergent for an
-    irreducible class; :mod:`tiltrl.exact.noda`), polished by Newton from its answer."""
-    start = beta * (res.h if np.all(np.isfinite(res.h)) else np.zeros(kernel.n))
-    noda = noda_perron(kernel, start - start[0], tol=tol, max_iter=500)
+    """The controlled Perron problem on one class: Newton (soft policy iteration), handed
+    to Noda iteration when its residual overflows :data:`_MAX_BLOWUPS` times running."""
+    res = newton_average(
+        _kernel_evaluator(kernel, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter,
+        progress=progress, max_blowups=_MAX_BLOWUPS, order=order,
+    )
+    if not res.converged:
+        res = _noda_if_better(res, kernel, beta, h0, ref, tol, notes, order)
+    return res
+
+
+def _noda_if_better(
+    res: NewtonResult, kernel: LogKernel, beta: float, h0: np.ndarray, ref: int, tol: float,
+    notes: list[str], order: np.ndarray | None = None,
+) -> NewtonResult:
+    """After a failed Newton run: Noda iteration from ``h0`` (globally convergent on an
+    irreducible class; :mod:`tiltrl.exact.noda`); keep whichever result is better.
+
+    Soft policy iteration fails where an intermediate policy is nearly multichain: on a
+    large grid with scattered resetting holes at beta=10 the second policy leaves some
+    pockets with probability ~1e-5 per step, its relative values are ~1e4 and every later
+    soft-greedy kernel underflows (Newton restarted even from Noda's iterate at residual
+    1 blows up the same way). Noda iteration cannot overshoot, and its positive-inverse
+    steps converge quadratically at the end, so it is run to the tolerance itself.
+    """
+    start = beta * h0
+    noda = noda_perron(kernel, start - start[0], tol=tol, max_iter=_NODA_MAX_ITER, order=order)
     if not (noda.converged or noda.residual < res.residual):
         return res
-    ref_shift = noda.h[0]
+    h = noda.h / beta
     out = NewtonResult(
-        (noda.h - ref_shift) / beta, noda.theta / beta,
-        (noda.bracket[0] / beta, noda.bracket[1] / beta), noda.residual,
-        res.iterations + noda.iterations, noda.converged, noda.kernel, noda.note,
+        h - h[ref], noda.theta / beta, (noda.bracket[0] / beta, noda.bracket[1] / beta),
+        noda.residual, res.iterations + noda.iterations, noda.converged, noda.kernel,
+        noda.note,
     )
-    notes.append("Newton and annealing stopped; solved by Noda iteration")
+    if noda.converged:
+        notes.append(f"Newton from the start stopped ({res.note or 'max_iter'}); "
+                     "solved by Noda iteration")
     return out
 
 
@@ -317,23 +378,17 @@ def solve_controlled(
     h0 = _restricted_warm_start(warm_start, states, beta)
     h0 = h0 - h0[ref]
     if method == "newton":
-        res = newton_average(
-            _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter,
-            progress=progress,
-        )
+        order = _state_order(mdp, kernel, sub, states)
+        res = _newton_then_noda(sub, beta, h0, ref, tol, max_iter, choice.notes, order,
+                                progress)
         if not res.converged:
-            # Newton from this start failed (at huge beta the first soft policies can be
-            # numerically multichain): anneal, warm-starting from ever larger beta
+            # Noda did not converge either (a huge dynamic range of the Perron vector at
+            # large beta): anneal, warm-starting from ever larger beta
             def newton_at(b: float, h_start: np.ndarray) -> NewtonResult:
                 k_b, _ = state_log_kernel(mdp, b, shift).restrict(states)
-                return newton_average(
-                    _kernel_evaluator(k_b, b), h_start, ref=ref, beta=b, tol=tol,
-                    max_iter=max_iter,
-                )
+                return _newton_then_noda(k_b, b, h_start, ref, tol, max_iter, [], order)
 
             res = _anneal_if_better(res, newton_at, beta, r_hi - r_lo, h0, choice.notes)
-        if not res.converged:
-            res = _noda_if_better(res, sub, beta, tol, choice.notes)
     elif method in ("power", "rvi"):
         res = _relative_value_iteration(
             _kernel_evaluator(sub, beta), h0, ref=ref, beta=beta, tol=tol, max_iter=max_iter

@@ -284,7 +284,8 @@ class _OnesColumnLU:
 
 def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
                          ref: int, previous: Any = None, shift: float = 1e-10,
-                         operator: _EvaluationOperator | None = None) -> Any:
+                         operator: _EvaluationOperator | None = None,
+                         order: np.ndarray | None = None) -> Any:
     """A factorisation of the Newton evaluation matrix with ``.solve(b, trans)``: the
     sparse bordered form :class:`EvaluationLU`, or, on small models and where its ``C``
     is ill-conditioned, an LU of the matrix with its column of ones (regularised if
@@ -293,10 +294,12 @@ def factorise_evaluation(kernel: tuple[np.ndarray, np.ndarray, np.ndarray], n: i
     has one; a ``previous`` of the ones-column form keeps that form. ``shift`` is the
     diagonal shift of the ones-column form where it is exactly singular. ``operator`` is
     the :class:`_EvaluationOperator` of ``kernel`` when the caller has one (it holds ``K``
-    in CSR form)."""
+    in CSR form). ``order`` is a fill-reducing ordering of the kernel's pattern to use
+    when ``previous`` has none (e.g. :func:`tiltrl.exact.ordering.nested_dissection`,
+    kept on the model); without either, SuperLU's minimum-degree ordering is computed."""
     if n >= _BORDER_MIN_STATES and (previous is None or isinstance(previous, EvaluationLU)):
         try:
-            return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", None),
+            return EvaluationLU(kernel, n, ref, order=getattr(previous, "order", order),
                                 operator=operator)
         except RuntimeError:
             pass
@@ -373,6 +376,7 @@ def newton_average(
     lu0: Any = None,
     max_blowups: int | None = None,
     first: tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+    order: np.ndarray | None = None,
 ) -> NewtonResult:
     """Solve ``h + theta = T h`` (``h[ref]`` fixed) by Newton / soft policy iteration.
 
@@ -397,6 +401,10 @@ def newton_average(
     point of a continuation in a parameter): preconditioned steps start from it at once.
 
     ``first`` is ``evaluate(h0)`` when the caller already has it.
+
+    ``order`` is a fill-reducing ordering of the states for the first factorisation (the
+    kernels of one run share a sparsity pattern, so later ones reuse the ordering of the
+    last LU); see :func:`factorise_evaluation`.
 
     ``converged`` is also set when the residual stalls at the floating-point floor
     ``64 eps max(1, beta max|h|)`` above ``tol``; ``note`` then says so.
@@ -436,7 +444,8 @@ def newton_average(
         reused = x is not None
         if x is None:
             try:
-                lu = factorise_evaluation(kernel, n, ref, previous=lu, operator=A)
+                lu = factorise_evaluation(kernel, n, ref, previous=lu, operator=A,
+                                          order=order)
             except RuntimeError as exc:
                 note = f"policy evaluation singular ({exc}); stopped"
                 break
