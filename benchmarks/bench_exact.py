@@ -100,7 +100,9 @@ def build_model(spec: dict[str, Any]) -> Any:
 
 def model_label(spec: dict[str, Any]) -> str:
     if spec["kind"] == "large_grid":
-        return f"large_grid {spec['n_rows']}x{spec['n_cols']}"
+        holes = spec.get("hole_fraction", 0.0)
+        extra = f", {holes:.0%} holes" if holes else ""
+        return f"large_grid {spec['n_rows']}x{spec['n_cols']}{extra}"
     kw = spec.get("kwargs", {})
     extra = "".join(f" {k}={v}" for k, v in kw.items())
     return f"{spec['name']}{extra}"
@@ -549,6 +551,13 @@ def plan(quick: bool, cap: float, big_cap: float) -> list[dict[str, Any]]:
     zig = {"kind": "gridworld", "name": "9x9zigzag"}
     for beta in (20.0, 50.0, 100.0, 400.0, 1000.0):
         add("9x9zigzag", zig, beta, METHODS)
+    # a hard case without a target: scattered resetting holes make soft policy iteration
+    # meet nearly multichain policies (the solver hands over to Noda iteration at beta=10
+    # and anneals at beta=100)
+    holes_grid = {"kind": "large_grid", "n_rows": 120, "n_cols": 120, "n_actions": 4,
+                  "hole_fraction": 0.2, "seed": 0}
+    for beta in (10.0,) if quick else (10.0, 100.0):
+        add("holes", holes_grid, beta, ("tiltrl", "published", "rvi"))
     # S*A = 4 n^2 ~ 1e3, 1e4, 1e5, 1e6
     for n in (16, 50, 158, 500):
         sa = 4 * n * n
@@ -821,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--headline-cap", type=float, default=None,
                     help="cap of the published run at 1e5 pairs, beta=10 (default 30 / 300)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated cases to run (7x7holes, 9x9zigzag, scaling)")
+                    help="comma-separated cases to run (7x7holes, 9x9zigzag, holes, scaling)")
     ap.add_argument("--report", type=Path, default=None, metavar="JSON",
                     help="only re-print the tables and targets of an existing results file")
     ap.add_argument("--single", default=None, help=argparse.SUPPRESS)
