@@ -41,7 +41,14 @@ from tiltrl.exact.newton import (
 from tiltrl.exact.noda import noda_perron
 from tiltrl.exact.ordering import nested_dissection
 from tiltrl.exact.result import Solution
-from tiltrl.exact.tilted import LogKernel, RowLayout, row_logsumexp, state_log_kernel
+from tiltrl.exact.tilted import (
+    LogKernel,
+    RowLayout,
+    log_prior,
+    log_transitions,
+    row_logsumexp,
+    state_log_kernel,
+)
 from tiltrl.mdp import TabularMDP
 
 __all__ = ["solve_controlled", "solve_fixed", "ConvergenceWarning"]
@@ -423,9 +430,8 @@ def _assemble_controlled(
     # per-transition quantities in log space
     rows = mdp.row_index()
     nxt = mdp.P.indices
-    with np.errstate(divide="ignore"):
-        log_pi0 = np.log(mdp.prior)
-        log_p = np.log(mdp.P.data)
+    log_pi0 = log_prior(mdp)
+    log_p = log_transitions(mdp)
     # log p + beta (r - shift) + beta h(s'); -inf towards states with u = 0
     z = log_p + beta * (mdp.reward_per_transition() - shift) + beta * h_full[nxt]
     log_bchi = row_logsumexp(z, mdp.P.indptr)  # log (B chi)(s,a)
@@ -758,8 +764,7 @@ def _assemble_fixed(
     # Q + theta = rbar + E_p[V] (shifted rewards), V = h
     h_safe = np.where(np.isfinite(h_full), h_full, 0.0)
     q = mdp.reward - shift + (mdp.P @ h_safe).reshape(S, A) - theta_shift
-    with np.errstate(divide="ignore"):
-        log_pi0 = np.log(mdp.prior)
+    log_pi0 = log_prior(mdp)
     y = log_pi0 + beta * q
     log_z = _logsumexp_rows(y)
     with np.errstate(invalid="ignore"):

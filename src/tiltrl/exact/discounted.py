@@ -22,7 +22,7 @@ import numpy as np
 from tiltrl.exact.average import ConvergenceWarning, _logsumexp, _logsumexp_rows
 from tiltrl.exact.newton import newton_discounted
 from tiltrl.exact.result import Solution
-from tiltrl.exact.tilted import row_logsumexp
+from tiltrl.exact.tilted import log_prior, log_transitions, row_logsumexp
 from tiltrl.mdp import TabularMDP
 
 __all__ = ["soft_q_backup", "solve_discounted", "solve_finite_horizon", "soft_value"]
@@ -40,7 +40,7 @@ def soft_q_backup(
     S, A = mdp.shape
     if dynamics == "fixed":
         return mdp.reward + gamma * (mdp.P @ v_next).reshape(S, A)
-    z = np.log(mdp.P.data) + beta * (mdp.reward_per_transition() + gamma * v_next[mdp.P.indices])
+    z = log_transitions(mdp) + beta * (mdp.reward_per_transition() + gamma * v_next[mdp.P.indices])
     return (row_logsumexp(z, mdp.P.indptr) / beta).reshape(S, A)
 
 
@@ -62,8 +62,7 @@ def solve_discounted(
 ) -> Solution:
     """Discounted soft optimum; ``method`` is ``"newton"`` (soft policy iteration) or ``"vi"``."""
     S, A = mdp.shape
-    with np.errstate(divide="ignore"):
-        log_pi0 = np.log(mdp.prior)
+    log_pi0 = log_prior(mdp)
     v0 = np.zeros(S)
     if warm_start is not None and warm_start.kind == "discounted":
         v0 = np.array(warm_start.v, dtype=np.float64)
@@ -95,7 +94,7 @@ def solve_discounted(
             if dynamics == "fixed":
                 weights = mdp.P.data
             else:
-                z = np.log(mdp.P.data) + beta * (
+                z = log_transitions(mdp) + beta * (
                     mdp.reward_per_transition() + gamma * v[cols]
                 )
                 weights = np.exp(z - beta * q.ravel()[rows])
@@ -153,8 +152,7 @@ def solve_finite_horizon(
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     N = int(horizon)
     S, A = mdp.shape
-    with np.errstate(divide="ignore"):
-        log_pi0 = np.log(mdp.prior)
+    log_pi0 = log_prior(mdp)
     v = np.zeros((N + 1, S))
     if terminal_value is not None:
         v[N] = np.asarray(terminal_value, dtype=np.float64)

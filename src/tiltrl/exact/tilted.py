@@ -109,10 +109,35 @@ def log_tilted_weights(mdp: TabularMDP, beta: float, shift: float) -> np.ndarray
 
 def _log_prior_dynamics(mdp: TabularMDP) -> np.ndarray:
     """``log pi0(a|s) + log p(s'|s,a)`` per non-zero of ``P`` (read-only)."""
-    with np.errstate(divide="ignore"):
-        out = np.log(mdp.prior.ravel())[mdp.row_index()] + np.log(mdp.P.data)
+    out = log_prior(mdp).ravel()[mdp.row_index()] + log_transitions(mdp)
     out.setflags(write=False)
     return out
+
+
+def log_transitions(mdp: TabularMDP) -> np.ndarray:
+    """``log p(s'|s,a)`` per stored entry of ``P`` (``-inf`` for a stored zero); read-only,
+    kept on the model (solvers and value iterations reuse it every step)."""
+
+    def make() -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            out = np.log(mdp.P.data)
+        out.setflags(write=False)
+        return out
+
+    return mdp.structure("log_transitions", make)  # type: ignore[no-any-return]
+
+
+def log_prior(mdp: TabularMDP) -> np.ndarray:
+    """``log pi0(a|s)`` as an ``(S, A)`` array (``-inf`` where the prior is zero);
+    read-only, kept on the model."""
+
+    def make() -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            out = np.log(mdp.prior)
+        out.setflags(write=False)
+        return out
+
+    return mdp.structure("log_prior", make)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from tiltrl.bounds import soft_value
-from tiltrl.exact.tilted import row_logsumexp
+from tiltrl.exact.tilted import log_transitions, row_logsumexp
 from tiltrl.mdp import TabularMDP
 
 __all__ = [
@@ -80,9 +80,7 @@ def driven_log_weights(mdp: TabularMDP, q: np.ndarray, v: np.ndarray, beta: floa
     are renormalised in log space, so it is exact up to rounding even when ``Q`` is only
     known up to the normalisation (average reward).
     """
-    with np.errstate(divide="ignore"):
-        z = np.log(mdp.P.data) + beta * (mdp.reward_per_transition()
-                                         + gamma * v[mdp.P.indices])
+    z = log_transitions(mdp) + beta * (mdp.reward_per_transition() + gamma * v[mdp.P.indices])
     lse = row_logsumexp(z, mdp.P.indptr)
     return z - np.repeat(lse, np.diff(mdp.P.indptr))
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from tiltrl.exact.result import Solution
-from tiltrl.exact.tilted import row_logsumexp
+from tiltrl.exact.tilted import log_transitions, row_logsumexp
 from tiltrl.mdp import TabularMDP
 from tiltrl.prior._model import as_new_task
 from tiltrl.prior.shaping import _check_old, correction_dynamics
@@ -137,8 +137,7 @@ def perron_bounds(mdp: TabularMDP, old: Solution, new: Any) -> PerronBounds:
         out["collatz_wielandt_right"] = (theta + float(lse.min()), theta + float(lse.max()))
         if old.log_left is not None:
             log_v = np.asarray(old.log_left, dtype=np.float64).ravel()[rows]
-            with np.errstate(divide="ignore"):
-                base = log_v + np.log(mdp.P.data) + beta * mdp.reward_per_transition()
+            base = log_v + log_transitions(mdp) + beta * mdp.reward_per_transition()
             cols = mdp.P.indices
             w_old = _col_logsumexp(base, cols, S)
             w_new = _col_logsumexp(base + beta * kappa, cols, S)
