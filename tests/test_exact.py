@@ -1321,3 +1321,14 @@ def test_scattered_resetting_holes_fall_back_to_noda(n):
         reach = np.flatnonzero(sol.v > -np.inf) if sol.v is not None else np.arange(S)
         dense = math.log(np.max(np.linalg.eigvals(Q[np.ix_(reach, reach)]).real)) / 10.0
         assert sol.theta == pytest.approx(dense, abs=1e-11)
+
+
+def test_progress_reports_the_noda_steps_too(capsys):
+    """A solve handed to Noda keeps reporting: one line per step, numbered on from
+    Newton's."""
+    mdp = tiltrl.large_grid(30, 30, hole_fraction=0.2)
+    sol = tiltrl.solve(mdp, 10.0, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " step " in ln]
+    steps = [int(ln.split(" step ")[1].split()[0]) for ln in lines]
+    assert len(lines) >= sol.iterations - 1
+    assert steps == sorted(steps) and steps[-1] >= sol.iterations - 1

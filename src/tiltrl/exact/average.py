@@ -290,13 +290,14 @@ def _newton_then_noda(
         progress=progress, max_blowups=_MAX_BLOWUPS, order=order,
     )
     if not res.converged:
-        res = _noda_if_better(res, kernel, beta, h0, ref, tol, notes, order)
+        res = _noda_if_better(res, kernel, beta, h0, ref, tol, notes, order, progress)
     return res
 
 
 def _noda_if_better(
     res: NewtonResult, kernel: LogKernel, beta: float, h0: np.ndarray, ref: int, tol: float,
     notes: list[str], order: np.ndarray | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> NewtonResult:
     """After a failed Newton run: Noda iteration from ``h0`` (globally convergent on an
     irreducible class; :mod:`tiltrl.exact.noda`); keep whichever result is better.
@@ -309,7 +310,11 @@ def _noda_if_better(
     steps converge quadratically at the end, so it is run to the tolerance itself.
     """
     start = beta * h0
-    noda = noda_perron(kernel, start - start[0], tol=tol, max_iter=_NODA_MAX_ITER, order=order)
+    offset = res.iterations  # Noda's steps continue the count
+    noda = noda_perron(
+        kernel, start - start[0], tol=tol, max_iter=_NODA_MAX_ITER, order=order,
+        progress=None if progress is None else lambda it, r: progress(offset + it, r),
+    )
     if not (noda.converged or noda.residual < res.residual):
         return res
     h = noda.h / beta

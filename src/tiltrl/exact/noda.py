@@ -23,6 +23,8 @@ step changes ``h`` by less than ~700.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
@@ -60,6 +62,7 @@ def _solve_shifted(rows: np.ndarray, cols: np.ndarray, b: np.ndarray, n: int,
 def noda_perron(
     kernel: LogKernel, h0: np.ndarray, *, tol: float, max_iter: int = 200,
     order: np.ndarray | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> NewtonResult:
     """Perron root and log Perron vector of an irreducible log kernel by Noda iteration.
 
@@ -71,7 +74,8 @@ def noda_perron(
     ``order`` is a fill-reducing ordering of the kernel's states (e.g.
     :func:`tiltrl.exact.ordering.nested_dissection`); without one, the minimum-degree
     ordering of the first step is reused by the later ones (every step factorises a
-    matrix of the same pattern).
+    matrix of the same pattern). ``progress(iteration, residual)`` is called before
+    each step.
     """
     n = kernel.n
     rows = kernel.row_of
@@ -86,6 +90,8 @@ def noda_perron(
         theta, lo, hi, resid = relative_residual(b, 1.0)
         if resid < tol or it >= max_iter:
             break
+        if progress is not None:
+            progress(it, resid)
         # B / sigma with sigma = exp(hi); a hair above hi keeps I - B non-singular at the
         # solution itself (round-off), without slowing the quadratic endgame
         shift = hi + max(4 * np.finfo(float).eps * max(1.0, abs(hi)), 1e-3 * (hi - lo) ** 2)

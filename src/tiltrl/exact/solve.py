@@ -66,8 +66,8 @@ def solve(
     warm_start
         A previous :class:`Solution` (e.g. at a nearby beta) to start from.
     progress
-        Print one line per Newton step (iteration and residual) to stderr; worth it on
-        models with 1e5+ state-action pairs where one step takes seconds.
+        Print one line per Newton (or Noda) step (iteration and residual) to stderr;
+        worth it on models with 1e5+ state-action pairs where one step takes seconds.
 
     Returns
     -------
@@ -120,7 +120,7 @@ def _newton_reporter(beta: float) -> Callable[[int, float], None]:
     def report(iteration: int, residual: float) -> None:
         elapsed = time.perf_counter() - start
         sys.stderr.write(
-            f"  beta={beta:g} newton step {iteration:3d}  residual {residual:9.3e}  "
+            f"  beta={beta:g} step {iteration:3d}  residual {residual:9.3e}  "
             f"{elapsed:7.2f} s\n"
         )
         sys.stderr.flush()
