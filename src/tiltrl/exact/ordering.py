@@ -8,10 +8,10 @@ supernodal factorisation turns into speed: on the evaluation matrix of the 158 x
 benchmark grid it leaves ~15% less fill than SuperLU's minimum degree and the
 factorisation takes about a third less time; unlike SuperLU's ordering it is computed
 once per model structure (kept on the model), not per solve. On small grids (60 x 60)
-and on grids with diagonal moves (8 actions, where a breadth-first level from a corner is
-L-shaped, twice as long as a straight cut) minimum degree leaves less fill (100 x 100 with 8 actions: 0.73 M vs
-0.62 M, with about the same factorisation time); the solvers use this ordering from
-2,000 states whatever the structure.
+and on grids with diagonal moves (8 actions, where a breadth-first level from a corner
+is L-shaped, twice as long as a straight cut) minimum degree leaves less fill (100 x 100
+with 8 actions: 0.73 M vs 0.62 M, with about the same factorisation time); the solvers
+use this ordering from 2,000 states whatever the structure.
 
 The separators are level sets of breadth-first searches from pseudo-peripheral nodes
 (George & Liu, "An implementation of a pseudoperipheral node finder", ACM TOMS 5, 1979):
