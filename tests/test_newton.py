@@ -44,7 +44,7 @@ def test_evaluation_lu_matches_dense_solves(seed, n, density, data):
                        atol=1e-12 * scale)
     # the ordering of one factorisation reused for the next one (permuted path)
     again = EvaluationLU(kernel, n, ref, order=lu.order)
-    assert again._permuted
+    assert again._c._permuted
     assert np.allclose(again.solve(b), np.linalg.solve(A, b), rtol=0, atol=1e-12 * scale)
     assert np.allclose(again.solve(b, trans="T"), np.linalg.solve(A.T, b), rtol=0,
                        atol=1e-12 * scale)

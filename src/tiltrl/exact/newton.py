@@ -175,6 +175,46 @@ def _init_reuse_record(lu: Any) -> None:
     # lu0 (the next point of a continuation) refactorises at once
 
 
+class MMatrixLU:
+    """SuperLU of ``D - B``: ``B`` with entries ``vals`` at ``(rows, cols)``, ``D`` the
+    diagonal ``diag``, for a non-singular M-matrix (the Newton evaluation matrix, Noda's
+    shifted matrix), so elimination keeps the diagonal pivots (symmetric mode) and a
+    symmetric fill-reducing ordering applies.
+
+    With ``order`` (of the same size) the matrix is built directly in that ordering and
+    factorised as it is; without one, SuperLU orders it by minimum degree of ``M + M^T``.
+    ``.order`` (position ``j`` holds state ``order[j]``) can be handed to the next
+    factorisation of the same sparsity pattern: computing an ordering is a sizeable part
+    of a factorisation. Raises ``RuntimeError`` when the matrix is exactly singular.
+    """
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                 diag: np.ndarray, order: np.ndarray | None = None) -> None:
+        n = diag.size
+        idx = np.arange(n)
+        self._permuted = order is not None and order.size == n
+        if self._permuted:
+            assert order is not None
+            position = np.empty(n, dtype=np.int64)
+            position[order] = idx
+            rows, cols, diag = position[rows], position[cols], diag[order]
+        M = sp.csc_matrix(
+            (np.concatenate([-vals, diag]), (np.concatenate([rows, idx]),
+                                             np.concatenate([cols, idx]))),
+            shape=(n, n),
+        )
+        self._lu = splu(M, permc_spec="NATURAL" if self._permuted else "MMD_AT_PLUS_A",
+                        diag_pivot_thresh=0.01, options={"SymmetricMode": True})
+        self.order = order if self._permuted else np.argsort(self._lu.perm_c)
+
+    def solve(self, b: np.ndarray, trans: str = "N") -> np.ndarray:
+        if not self._permuted:
+            return np.asarray(self._lu.solve(b, trans=trans))
+        x = np.empty_like(b)
+        x[self.order] = self._lu.solve(b[self.order], trans=trans)
+        return x
+
+
 class EvaluationLU:
     """Solves with ``A = I - K`` whose column ``ref`` is replaced by ones, factorising only
     the sparse ``C = I - K + e_ref e_ref^T``.
@@ -201,27 +241,11 @@ class EvaluationLU:
         A = operator if operator is not None else _EvaluationOperator(kernel, n, ref)
         self.ref, self.n = ref, n
         start = time.perf_counter()
-        idx = np.arange(n)
-        self._permuted = order is not None and order.size == n
-        if self._permuted:
-            # build C directly in the reused ordering (no permutation of a built matrix)
-            assert order is not None
-            self.order = order
-            position = np.empty(n, dtype=np.int64)
-            position[order] = idx
-            rows, cols, idx_p, ref_p = position[rows], position[cols], idx, position[ref]
-        else:
-            idx_p, ref_p = idx, ref
-        C = sp.csc_matrix(
-            (np.concatenate([-vals, np.ones(n), [1.0]]),
-             (np.concatenate([rows, idx_p, [ref_p]]), np.concatenate([cols, idx_p, [ref_p]]))),
-            shape=(n, n),
-        )
+        diag = np.ones(n)
+        diag[ref] = 2.0  # the + e_ref e_ref^T of C
         # raises RuntimeError when C is exactly singular (numerically multichain kernel)
-        self._lu = splu(C, permc_spec="NATURAL" if self._permuted else "MMD_AT_PLUS_A",
-                        diag_pivot_thresh=0.01, options={"SymmetricMode": True})
-        if not self._permuted:
-            self.order = np.argsort(self._lu.perm_c)  # position j holds state order[j]
+        self._c = MMatrixLU(rows, cols, vals, diag, order)
+        self.order = self._c.order
         # w = 1 - C[:, ref] = 1 + K[:, ref] - 2 e_ref
         self._w = A.k_ref + 1.0
         self._w[ref] -= 2.0
@@ -244,11 +268,7 @@ class EvaluationLU:
         _init_reuse_record(self)
 
     def _c_solve(self, b: np.ndarray, trans: str) -> np.ndarray:
-        if not self._permuted:
-            return np.asarray(self._lu.solve(b, trans=trans))
-        x = np.empty_like(b)
-        x[self.order] = self._lu.solve(b[self.order], trans=trans)
-        return x
+        return self._c.solve(b, trans)
 
     def solve(self, b: np.ndarray, trans: str = "N") -> np.ndarray:
         if trans == "N":

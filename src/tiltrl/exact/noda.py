@@ -26,37 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import splu
 
-from tiltrl.exact.newton import NewtonResult, relative_residual
+from tiltrl.exact.newton import MMatrixLU, NewtonResult, relative_residual
 from tiltrl.exact.tilted import LogKernel, row_logsumexp
 
 __all__ = ["noda_perron"]
-
-
-def _solve_shifted(rows: np.ndarray, cols: np.ndarray, b: np.ndarray, n: int,
-                   order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(I - B)^{-1} 1`` for ``B`` with entries ``b`` at ``(rows, cols)``, and the
-    ordering used. ``I - B`` has row sums ``> 0`` (``sigma`` above every row's
-    Collatz-Wielandt ratio): a strictly diagonally dominant M-matrix, so SuperLU may keep
-    the diagonal pivots (symmetric mode) and a symmetric fill-reducing ordering applies."""
-    idx = np.arange(n)
-    if order is None:
-        rp, cp = rows, cols
-    else:
-        position = np.empty(n, dtype=np.int64)
-        position[order] = idx
-        rp, cp = position[rows], position[cols]
-    M = sp.csc_matrix((np.concatenate([-b, np.ones(n)]),
-                       (np.concatenate([rp, idx]), np.concatenate([cp, idx]))), shape=(n, n))
-    lu = splu(M, permc_spec="MMD_AT_PLUS_A" if order is None else "NATURAL",
-              diag_pivot_thresh=0.01, options={"SymmetricMode": True})
-    if order is None:
-        return lu.solve(np.ones(n)), np.argsort(lu.perm_c)
-    z = np.empty(n)
-    z[order] = lu.solve(np.ones(n))
-    return z, order
 
 
 def noda_perron(
@@ -96,7 +70,10 @@ def noda_perron(
         # solution itself (round-off), without slowing the quadratic endgame
         shift = hi + max(4 * np.finfo(float).eps * max(1.0, abs(hi)), 1e-3 * (hi - lo) ** 2)
         try:
-            z, order = _solve_shifted(rows, cols, np.exp(z_log - shift), n, order)
+            # I - B has row sums > 0 (sigma above every row's Collatz-Wielandt ratio): a
+            # strictly diagonally dominant M-matrix
+            lu = MMatrixLU(rows, cols, np.exp(z_log - shift), np.ones(n), order)
+            z, order = lu.solve(np.ones(n)), lu.order
         except RuntimeError as exc:
             note = f"Noda step singular ({exc}); stopped"
             break
