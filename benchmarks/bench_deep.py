@@ -36,12 +36,15 @@ arguments, ``policy_kwargs`` passed at construction as the RL Zoo does). Every r
 seeded (``seed`` = run index, ``--seed-start`` to ``--seed-start + --seeds - 1``) and
 single-threaded (``torch.set_num_threads(1)``).
 
-Evaluation: ``--eval-episodes`` deterministic episodes, run in parallel on a separate
-vectorised evaluation env of as many sub-envs (``make_vec_env``, sub-env ``i`` seeded
-``10000 + seed + i`` at its first reset), one episode per sub-env, one batched network
-pass per step (SB3's ``evaluate_policy``). Each run records this as ``eval_method``; runs
-of older files, which have no such field, were evaluated with the same number of episodes
-one after another on one env seeded ``10000 + seed``.
+Evaluation: ``--eval-episodes`` deterministic episodes, one on each of as many separate
+evaluation envs (env ``i`` seeded ``10000 + seed + i`` at its first reset), stepped in
+lock-step with one batched network pass per step over the envs still running; a finished
+env is not stepped again (:func:`evaluate_episodes`). Each run records its ``eval_method``:
+runs before 2026-11-29 used SB3's ``evaluate_policy`` on a ``DummyVecEnv`` ("vectorised:
+..."), the same episodes' distribution but with every sub-env stepped until the slowest
+had finished (so later evaluations saw other random starts); runs of older files, which
+have no such field, were evaluated one episode after another on one env seeded
+``10000 + seed``.
 
 Per algorithm and environment, over seeds:
 - ``iqm`` of the final evaluation return (mean over the evaluation episodes) with a
@@ -79,8 +82,6 @@ import torch as th  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
-from stable_baselines3.common.vec_env import VecEnv  # noqa: E402
 
 from tiltrl.deep import EVAL, BoundedSoftDQN, SoftDQN  # noqa: E402
 
@@ -150,40 +151,65 @@ LEGACY_EVAL_METHOD = (
 
 def eval_method_description(episodes: int) -> str:
     """The ``eval_method`` recorded with every run (and at the top level of the JSON)."""
-    return f"vectorised: {episodes} envs, one episode each, seeds 10000+seed+i"
-
-
-def make_eval_env(env_id: str, seed: int, episodes: int) -> VecEnv:
-    """``episodes`` Monitor-wrapped copies of ``env_id`` in a ``DummyVecEnv``; sub-env
-    ``i`` is seeded ``10000 + seed + i`` at its first reset (and its RNG continues from
-    there at later evaluations)."""
-    return make_vec_env(env_id, n_envs=episodes, seed=10_000 + seed)
-
-
-def evaluate_episodes(model: Any, eval_env: VecEnv) -> list[float]:
-    """Returns of one deterministic episode per sub-env of ``eval_env``, in order of
-    completion: ``evaluate_policy`` with ``n_eval_episodes = num_envs`` gives every
-    sub-env a target of ``(num_envs + i) // num_envs = 1`` episode, steps all sub-envs
-    with one batched ``predict`` per step, and ignores a sub-env after its first episode
-    (it is auto-reset and keeps stepping until the slowest sub-env has finished)."""
-    n_episodes = eval_env.num_envs
-    returns, _ = evaluate_policy(
-        model,
-        eval_env,
-        n_eval_episodes=n_episodes,
-        deterministic=True,
-        return_episode_rewards=True,
+    return (
+        f"batched: {episodes} envs, one episode each, seeds 10000+seed+i, finished envs not stepped"
     )
-    if len(returns) != n_episodes:  # pragma: no cover - evaluate_policy's contract
-        raise RuntimeError(f"expected {n_episodes} evaluation episodes, got {len(returns)}")
-    return [float(r) for r in returns]
+
+
+class EvalEnvs:
+    """``episodes`` copies of ``env_id`` (``gym.make``, so with the registered time
+    limit); copy ``i`` is seeded ``10000 + seed + i`` at its first reset and its RNG
+    continues from there at later evaluations."""
+
+    def __init__(self, env_id: str, seed: int, episodes: int) -> None:
+        self.envs = [gym.make(env_id) for _ in range(episodes)]
+        self.seeds: list[int | None] = [10_000 + seed + i for i in range(episodes)]
+        self.num_envs = episodes
+
+    def reset(self) -> list[np.ndarray]:
+        observations = [env.reset(seed=s)[0] for env, s in zip(self.envs, self.seeds, strict=True)]
+        self.seeds = [None] * self.num_envs
+        return observations
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_eval_env(env_id: str, seed: int, episodes: int) -> EvalEnvs:
+    """The evaluation envs of one run (:class:`EvalEnvs`)."""
+    return EvalEnvs(env_id, seed, episodes)
+
+
+def evaluate_episodes(model: Any, eval_env: EvalEnvs) -> list[float]:
+    """Returns of one deterministic episode per env of ``eval_env``, in env order.
+
+    All envs are reset together and stepped in lock-step with one batched ``predict``
+    over the envs whose episode is still running; an env is not stepped after its
+    episode ends. (SB3's ``evaluate_policy`` on a ``DummyVecEnv`` keeps stepping every
+    sub-env until the slowest has finished: on LunarLander, where one hovering lander
+    plays 1,000 steps, that was most of the evaluation time.)"""
+    observations = eval_env.reset()
+    returns = [0.0] * eval_env.num_envs
+    running = list(range(eval_env.num_envs))
+    while running:
+        actions, _ = model.predict(np.stack([observations[i] for i in running]), deterministic=True)
+        still_running = []
+        for i, action in zip(running, actions, strict=True):
+            obs, reward, terminated, truncated, _ = eval_env.envs[i].step(action)
+            returns[i] += float(reward)
+            observations[i] = obs
+            if not (terminated or truncated):
+                still_running.append(i)
+        running = still_running
+    return returns
 
 
 class EvalCurve(BaseCallback):
-    """Evaluates every ``every`` env steps on a vectorised ``eval_env`` (one episode per
-    sub-env, see :func:`evaluate_episodes`); times training separately from evaluation."""
+    """Evaluates every ``every`` env steps on ``eval_env`` (one episode per env, see
+    :func:`evaluate_episodes`); times training separately from evaluation."""
 
-    def __init__(self, eval_env: VecEnv, every: int) -> None:
+    def __init__(self, eval_env: EvalEnvs, every: int) -> None:
         super().__init__()
         self.eval_env, self.every = eval_env, every
         self.steps: list[int] = []
@@ -281,9 +307,7 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     }
 
 
-def merge_runs(
-    older: list[dict[str, Any]], newer: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def merge_runs(older: list[dict[str, Any]], newer: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-seed merge: a run of ``newer`` replaces the run of ``older`` with the same seed,
     runs with other seeds are kept; the result is sorted by seed."""
     by_seed = {int(r["seed"]): r for r in older}
@@ -541,9 +565,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             ap.error(f"--combine: no such file: {', '.join(missing)}")
         sources = list(args.combine)
-        if args.merge and args.out.exists() and args.out.resolve() not in {
-            path.resolve() for path in sources
-        }:
+        if (
+            args.merge
+            and args.out.exists()
+            and args.out.resolve() not in {path.resolve() for path in sources}
+        ):
             sources.insert(0, args.out)
         results = combine_files(sources, command)
         write_results(args.out, results)

@@ -174,38 +174,48 @@ class AngleOnlyPolicy:
         return (np.asarray(observation)[:, 2] > 0).astype(np.int64), state
 
 
-def _sequential_returns(policy: Any, seed: int, episodes: int) -> list[float]:
-    """One episode per seed ``10000 + seed + i``, one after another, one observation at
-    a time."""
-    returns = []
+def _sequential_returns(
+    policy: Any, seed: int, episodes: int, rounds: int = 1
+) -> list[list[float]]:
+    """``rounds`` evaluations of one env per seed ``10000 + seed + i``, played one after
+    another, one observation at a time: env ``i``'s ``r``-th episode starts from its
+    ``r``-th reset (seeded only at the first)."""
+    returns: list[list[float]] = [[] for _ in range(rounds)]
     for i in range(episodes):
         env = gym.make(CARTPOLE)
-        obs, _ = env.reset(seed=10_000 + seed + i)
-        total, done = 0.0, False
-        while not done:
-            action, _ = policy.predict(obs[None], deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action[0]))
-            total += float(reward)
-            done = terminated or truncated
+        for r in range(rounds):
+            obs, _ = env.reset(seed=10_000 + seed + i if r == 0 else None)
+            total, done = 0.0, False
+            while not done:
+                action, _ = policy.predict(obs[None], deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(int(action[0]))
+                total += float(reward)
+                done = terminated or truncated
+            returns[r].append(total)
         env.close()
-        returns.append(total)
     return returns
 
 
-def test_vectorised_evaluation_equals_sequential_episodes(bench: Any) -> None:
+def test_batched_evaluation_equals_sequential_episodes(bench: Any) -> None:
     seed, episodes = 3, 7
     eval_env = bench.make_eval_env(CARTPOLE, seed, episodes)
-    returns = bench.evaluate_episodes(AngleOnlyPolicy(), eval_env)
+    first = bench.evaluate_episodes(AngleOnlyPolicy(), eval_env)
+    # a finished env is not stepped again: each env's step count is its episode's length
+    # (CartPole pays 1 per step)
+    lengths = [env.get_wrapper_attr("_elapsed_steps") for env in eval_env.envs]
+    second = bench.evaluate_episodes(AngleOnlyPolicy(), eval_env)
     eval_env.close()
-    reference = _sequential_returns(AngleOnlyPolicy(), seed, episodes)
-    assert len(returns) == episodes
-    assert len(set(reference)) > 1  # the seeds do give different episodes
-    assert sorted(returns) == sorted(reference)
+    reference = _sequential_returns(AngleOnlyPolicy(), seed, episodes, rounds=2)
+    assert len(set(reference[0])) > 1  # the seeds do give different episodes
+    assert first == reference[0]
+    assert lengths == [int(r) for r in first]
+    # the second evaluation continues each env's RNG from its own first episode
+    assert second == reference[1] != first
 
 
-def test_vectorised_evaluation_of_a_tiltrl_model(bench: Any) -> None:
-    """The batched ``predict`` of a tiltrl agent (untrained SoftDQN) gives the same
-    episodes as one observation at a time."""
+def test_batched_evaluation_of_a_tiltrl_model(bench: Any) -> None:
+    """The batched ``predict`` of a tiltrl agent (untrained SoftDQN) over the envs still
+    running gives the same episodes as one observation at a time."""
     from stable_baselines3.common.env_util import make_vec_env
 
     from tiltrl.deep import SoftDQN
@@ -213,13 +223,9 @@ def test_vectorised_evaluation_of_a_tiltrl_model(bench: Any) -> None:
     model = SoftDQN("MlpPolicy", make_vec_env(CARTPOLE, n_envs=1, seed=0), seed=0)
     seed, episodes = 0, 5
     eval_env = bench.make_eval_env(CARTPOLE, seed, episodes)
-    returns = bench.evaluate_episodes(model, eval_env)
-    assert len(returns) == episodes
-    assert sorted(returns) == sorted(_sequential_returns(model, seed, episodes))
-    # a second evaluation also counts one episode per sub-env (some were auto-reset
-    # mid-episode after their first one; evaluate_policy resets them all again)
-    assert len(bench.evaluate_episodes(model, eval_env)) == episodes
+    returns = [bench.evaluate_episodes(model, eval_env) for _ in range(2)]
     eval_env.close()
+    assert returns == _sequential_returns(model, seed, episodes, rounds=2)
 
 
 def test_run_one_records_eval_method(bench: Any) -> None:
@@ -228,5 +234,6 @@ def test_run_one_records_eval_method(bench: Any) -> None:
     # SoftDQN's train_freq 256 rounds learn up to 256 steps, evaluated at the end
     assert run["curve_steps"] == [0, 100, 200, 256] == [0, 100, 200, run["steps"]]
     assert len(run["curve_returns"]) == 4
-    assert run["eval_method"] == "vectorised: 3 envs, one episode each, seeds 10000+seed+i"
+    assert run["eval_method"] == bench.eval_method_description(3)
+    assert run["eval_method"].startswith("batched: 3 envs")
     assert run["eval_seconds"] > 0.0
