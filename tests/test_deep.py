@@ -100,6 +100,37 @@ def test_eval_with_non_uniform_prior_matches_exact() -> None:
     assert np.abs(model.action_probabilities(ONE_HOT) - exact.policy).max() < 0.05
 
 
+def test_eval_restart_scale_solves_the_episodic_task_as_its_continuing_chain() -> None:
+    """Holes and goal reset to S in the continuing grid; cut into episodes (an action on
+    H or G terminates, the next episode starts at S), EVAL with ``scale="restart"``
+    must recover the continuing grid's exact theta and policy. With a goal worth +5 the
+    chain killed at termination (``scale="terminal"``) solves another problem: it would
+    rather not reach the goal, and its theta is ~40% off."""
+    mdp = tiltrl.gridworld(GRID, max_reward=5.0)
+    exact = tiltrl.solve(mdp, 1.0)
+    hole, goal = 4, 8
+    non_terminal = [s for s in range(9) if s not in (hole, goal)]
+
+    def episodic() -> gym.Env:
+        return TimeLimit(TabularEnv(mdp, terminal_states=[hole, goal]), 100)
+
+    restart = small_eval(mdp, 1.0, scale="restart")
+    restart.set_env(make_vec_env(episodic, n_envs=1, seed=0))
+    restart.learn(1200)
+    assert abs(restart.theta / exact.theta - 1) < 0.02
+    pi = restart.action_probabilities(ONE_HOT)
+    assert np.abs(pi - exact.policy)[non_terminal].max() < 0.05
+    # the ring buffer holds the first observations of episodes: all S
+    assert restart._initial_obs is not None and restart._initial_count > 5
+    kept = restart._initial_obs[: min(restart._initial_count, restart.initial_buffer_size)]
+    assert np.array_equal(kept, np.tile(ONE_HOT[0], (len(kept), 1)))
+
+    killed = small_eval(mdp, 1.0, scale="terminal")
+    killed.set_env(make_vec_env(episodic, n_envs=1, seed=0))
+    killed.learn(1200)
+    assert abs(killed.theta / exact.theta - 1) > 0.2
+
+
 @pytest.mark.parametrize("cls", [SoftDQN, BoundedSoftDQN])
 def test_soft_q_matches_exact_discounted_soft_q(cls: type) -> None:
     mdp = tiltrl.gridworld(GRID)
@@ -290,6 +321,10 @@ def test_invalid_arguments_raise() -> None:
     mdp = tiltrl.gridworld(GRID)
     with pytest.raises(ValueError):
         EVAL("MlpPolicy", tab_env(mdp), aggregation="median")
+    with pytest.raises(ValueError, match="initial_buffer_size"):
+        EVAL("MlpPolicy", tab_env(mdp), scale="restart", initial_buffer_size=0)
+    with pytest.raises(ValueError, match="terminal state 9"):
+        TabularEnv(mdp, terminal_states=[4, 9])
     with pytest.raises(ValueError):
         BoundedSoftDQN("MlpPolicy", tab_env(mdp), clip="sometimes")
     with pytest.raises(ValueError):

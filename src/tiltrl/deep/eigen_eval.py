@@ -30,6 +30,13 @@ Learning. The network has ``n_heads >= 2`` heads (one batched network) predictin
 - Terminals, explicitly: a terminal transition keeps its reward and continues into a
   state of ``log chi = terminal_log_chi`` (relative to the scale ``m``); a truncated one
   bootstraps from its next observation (SB3's replay buffer keeps time-outs apart).
+  Which continuation is right depends on the task. With ``m = 0`` (``"terminal"``) the
+  Perron root is that of the chain *killed* at termination, whose growth rate is set by
+  the trajectories that survive longest: right where termination is failure (CartPole),
+  wrong where it is the goal. LunarLander's +100 landing is then a transient and the
+  optimum is to hover for ever (measured: EVAL learns to land by ~40k steps, then drifts
+  to hovering and flying off, returns -500 to -2000). ``"restart"`` counts the landing
+  once per episode in the reward rate of the renewal process instead.
 - Optional posterior policy iteration (``learned_prior=True``): a prior network is
   trained (step size ``prior_lr``) to track the current policy ``pi ∝ pi0 u``, so the
   KL cost shrinks towards the unregularised limit.
@@ -42,12 +49,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
 from tiltrl.deep.policies import EnsembleLogUNetwork, EVALPolicy
 from tiltrl.deep.soft_dqn import LOSSES, SoftDQN, td_loss
 
-SCALES = ("mean", "terminal")
+SCALES = ("mean", "terminal", "restart")
 DYNAMICS = ("fixed", "controlled")
 
 
@@ -61,11 +69,15 @@ class EVAL(SoftDQN):
       theta_lr: step size of the theta estimate; theta_init: initial theta (``None``:
         the first batch estimate).
       dynamics: ``"fixed"`` (log-space loss) or ``"controlled"`` (u-space loss).
-      scale: ``"mean"`` or ``"terminal"`` (how the scale of log u is fixed). ``"mean"``
-        is well posed for continuing tasks; for episodic tasks whose termination is a
-        failure (CartPole) use ``"terminal"`` (the published choice): with ``"mean"`` a
-        terminal state with ``terminal_log_chi=0`` is worth an average state, which removes
-        most of the incentive to survive (measured: CartPole stays near 10-50).
+      scale: ``"mean"``, ``"terminal"`` or ``"restart"`` (how the scale of log u is
+        fixed). ``"mean"`` is well posed for continuing tasks; for episodic tasks whose
+        termination is a failure (CartPole) use ``"terminal"`` (the published choice):
+        with ``"mean"`` a terminal state with ``terminal_log_chi=0`` is worth an average
+        state, which removes most of the incentive to survive (measured: CartPole stays
+        near 10-50). For episodic tasks whose termination is the goal (LunarLander) use
+        ``"restart"``: a terminal step is worth a fresh episode's start.
+      initial_buffer_size: ``scale="restart"`` keeps the last this many first observations
+        of episodes (a ring buffer; up to ``batch_size`` of them per gradient step).
       terminal_log_chi: ``log chi`` of the state after a terminal transition.
       log_u_clip: optional clamp ``|y| <= log_u_clip`` on the targets.
       learned_prior, prior_lr: posterior policy iteration.
@@ -94,6 +106,7 @@ class EVAL(SoftDQN):
         log_u_clip: float | None = None,
         learned_prior: bool = False,
         prior_lr: float = 1e-3,
+        initial_buffer_size: int = 1000,
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -103,6 +116,8 @@ class EVAL(SoftDQN):
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         if not 0 < theta_lr <= 1:
             raise ValueError("theta_lr must be in (0, 1]")
+        if initial_buffer_size < 1:
+            raise ValueError(f"initial_buffer_size must be >= 1, got {initial_buffer_size}")
         super().__init__(policy, env, beta=beta, _init_setup_model=False, **kwargs)
         self.n_heads = int(n_heads)
         self.aggregation = aggregation
@@ -114,6 +129,9 @@ class EVAL(SoftDQN):
         self.log_u_clip = log_u_clip
         self.learned_prior = bool(learned_prior)
         self.prior_lr = float(prior_lr)
+        self.initial_buffer_size = int(initial_buffer_size)
+        self._initial_obs: np.ndarray | None = None  # ring buffer of first observations
+        self._initial_count = 0
         if _init_setup_model:
             self._setup_model()
 
@@ -125,6 +143,8 @@ class EVAL(SoftDQN):
             "aggregation": self.aggregation,
             "learned_prior": self.learned_prior,
         }
+        if self.scale == "restart" and isinstance(self.observation_space, spaces.Dict):
+            raise ValueError('scale="restart" needs array observations, not a Dict space')
         super()._setup_model()
         self.prior_optimizer: th.optim.Optimizer | None = None
         if self.policy.prior_net is not None:
@@ -139,7 +159,57 @@ class EVAL(SoftDQN):
         return state_dicts, other
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "prior_optimizer"]
+        return [*super()._excluded_save_params(), "prior_optimizer", "_initial_obs"]
+
+    def _record_initial(self, observations: Any) -> None:
+        """Adds first observations of episodes (unnormalised, as the replay buffer keeps
+        them) to the ring buffer of ``scale="restart"``."""
+        if self.scale != "restart" or len(observations) == 0:
+            return
+        if isinstance(observations, dict):
+            raise ValueError('scale="restart" needs array observations, not a Dict space')
+        obs = np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
+        if self._initial_obs is None or self._initial_obs.shape[1] != obs.shape[1]:
+            self._initial_obs = np.empty((self.initial_buffer_size, obs.shape[1]), np.float32)
+            self._initial_count = 0
+        for row in obs:
+            self._initial_obs[self._initial_count % self.initial_buffer_size] = row
+            self._initial_count += 1
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(*args, **kwargs)
+        if self._last_obs is not None:  # the first observations of the first episodes
+            original = getattr(self, "_last_original_obs", None)
+            vec_norm = self._vec_normalize_env is not None and original is not None
+            self._record_initial(original if vec_norm else self._last_obs)
+        return out
+
+    def _store_transition(
+        self,
+        replay_buffer: Any,
+        buffer_action: np.ndarray,
+        new_obs: Any,
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self.scale == "restart" and np.any(dones):
+            # the VecEnv has reset the done sub-envs: new_obs holds their first observations
+            original = self._last_original_obs if self._vec_normalize_env is not None else new_obs
+            self._record_initial(np.asarray(original)[np.asarray(dones, dtype=bool)])
+
+    def _initial_batch(self, n: int) -> th.Tensor:
+        """Up to ``n`` first observations drawn uniformly from the ring buffer, as the
+        network's input (normalised like a replay sample)."""
+        assert self._initial_obs is not None and self._initial_count > 0
+        size = min(self._initial_count, self.initial_buffer_size)
+        # the global RNG, as SB3's replay buffer samples: seeded by ``seed`` with it
+        pick = self._initial_obs[np.random.randint(0, size, size=min(n, size))]  # noqa: NPY002
+        if self._vec_normalize_env is not None:
+            pick = np.asarray(self._vec_normalize_env.normalize_obs(pick), dtype=np.float32)
+        shape = (len(pick), *self.observation_space.shape)  # type: ignore[misc]
+        return th.as_tensor(pick.reshape(shape), device=self.device)
 
     def _log_chi(self, log_u: th.Tensor, obs: th.Tensor) -> th.Tensor:
         return th.logsumexp(log_u + self.policy.prior_logits(obs), dim=-1)
@@ -160,15 +230,20 @@ class EVAL(SoftDQN):
             log_u_sa = heads.gather(2, idx).squeeze(2)  # (B, K)
             with th.no_grad():
                 both = th.cat([obs, nxt]) if isinstance(obs, th.Tensor) else None
-                if both is not None:  # one target pass for s and s'
+                initial = self._initial_batch(batch_size) if self.scale == "restart" else None
+                log_chi_initial: th.Tensor | None = None
+                if both is not None:  # one target pass for s and s' (and first obs)
+                    if initial is not None:
+                        both = th.cat([both, initial.to(both.dtype)])
                     log_u_both = self.q_net_target(both)
                     log_chi_both = self._log_chi(log_u_both, both)
                     n = obs.shape[0]
                     log_u_t, log_chi_t, log_chi_next = (
                         log_u_both[:n],
                         log_chi_both[:n],
-                        log_chi_both[n:],
+                        log_chi_both[n : 2 * n],
                     )
+                    log_chi_initial = log_chi_both[2 * n :]
                 else:  # dict observations
                     log_u_t = self.q_net_target(obs)
                     log_chi_t = self._log_chi(log_u_t, obs)
@@ -186,6 +261,10 @@ class EVAL(SoftDQN):
                 m: th.Tensor | None = None
                 if self.scale == "mean":
                     m = log_chi_t.mean()
+                    y = y - m
+                elif self.scale == "restart":  # log E_{s0} chi(s0): a restart's worth
+                    assert log_chi_initial is not None
+                    m = th.logsumexp(log_chi_initial, 0) - math.log(log_chi_initial.numel())
                     y = y - m
                 if self.log_u_clip is not None:
                     y = y.clamp(-self.log_u_clip, self.log_u_clip)
