@@ -269,6 +269,8 @@ def run_one(
         "steps_per_s": model.num_timesteps / train_time,
         "eval_method": eval_method_description(episodes),
         "hyperparams": hp["_file"],
+        # the values as run: a later edit of the YAML file must not relabel old runs
+        "hyperparam_values": {k: v for k, v in hp.items() if not k.startswith("_")},
     }
 
 

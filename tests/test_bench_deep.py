@@ -237,3 +237,6 @@ def test_run_one_records_eval_method(bench: Any) -> None:
     assert run["eval_method"] == bench.eval_method_description(3)
     assert run["eval_method"].startswith("batched: 3 envs")
     assert run["eval_seconds"] > 0.0
+    yml = bench.load_hyperparams("softdqn", CARTPOLE)
+    assert run["hyperparam_values"] == {k: v for k, v in yml.items() if k != "_file"}
+    assert run["hyperparam_values"]["beta"] == yml["beta"]
