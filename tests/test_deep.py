@@ -120,7 +120,9 @@ def test_eval_restart_scale_solves_the_episodic_task_as_its_continuing_chain() -
     assert abs(restart.theta / exact.theta - 1) < 0.02
     pi = restart.action_probabilities(ONE_HOT)
     assert np.abs(pi - exact.policy)[non_terminal].max() < 0.05
-    # the ring buffer holds the first observations of episodes: all S
+    # the ring buffer holds the first observations of episodes: all S (also after a
+    # learn() that continues mid-episode, where SB3 does not reset the env)
+    restart.learn(5, reset_num_timesteps=False)
     assert restart._initial_obs is not None and restart._initial_count > 5
     kept = restart._initial_obs[: min(restart._initial_count, restart.initial_buffer_size)]
     assert np.array_equal(kept, np.tile(ONE_HOT[0], (len(kept), 1)))

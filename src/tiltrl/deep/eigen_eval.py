@@ -176,9 +176,21 @@ class EVAL(SoftDQN):
             self._initial_obs[self._initial_count % self.initial_buffer_size] = row
             self._initial_count += 1
 
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
-        out = super()._setup_learn(*args, **kwargs)
-        if self._last_obs is not None:  # the first observations of the first episodes
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: Any = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> Any:
+        # SB3 resets the env only in these two cases; otherwise learning continues
+        # mid-episode and the current observations are not first ones
+        resets = reset_num_timesteps or self._last_obs is None
+        out = super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        if resets and self._last_obs is not None:  # the first observations of episodes
             original = getattr(self, "_last_original_obs", None)
             vec_norm = self._vec_normalize_env is not None and original is not None
             self._record_initial(original if vec_norm else self._last_obs)
