@@ -130,8 +130,6 @@ class EVAL(SoftDQN):
         self.learned_prior = bool(learned_prior)
         self.prior_lr = float(prior_lr)
         self.initial_buffer_size = int(initial_buffer_size)
-        self._initial_obs: np.ndarray | None = None  # ring buffer of first observations
-        self._initial_count = 0
         if _init_setup_model:
             self._setup_model()
 
@@ -146,6 +144,13 @@ class EVAL(SoftDQN):
         if self.scale == "restart" and isinstance(self.observation_space, spaces.Dict):
             raise ValueError('scale="restart" needs array observations, not a Dict space')
         super()._setup_model()
+        # ring buffer of first observations (scale="restart"); load() runs _setup_model
+        # again and the buffer, not saved, starts empty
+        self._initial_count = 0
+        self._initial_obs: np.ndarray | None = None
+        if self.scale == "restart":
+            width = int(np.prod(self.observation_space.shape))  # type: ignore[arg-type]
+            self._initial_obs = np.empty((self.initial_buffer_size, width), np.float32)
         self.prior_optimizer: th.optim.Optimizer | None = None
         if self.policy.prior_net is not None:
             self.prior_optimizer = th.optim.Adam(
@@ -164,14 +169,9 @@ class EVAL(SoftDQN):
     def _record_initial(self, observations: Any) -> None:
         """Adds first observations of episodes (unnormalised, as the replay buffer keeps
         them) to the ring buffer of ``scale="restart"``."""
-        if self.scale != "restart" or len(observations) == 0:
+        if self._initial_obs is None:  # scale != "restart"
             return
-        if isinstance(observations, dict):
-            raise ValueError('scale="restart" needs array observations, not a Dict space')
         obs = np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
-        if self._initial_obs is None or self._initial_obs.shape[1] != obs.shape[1]:
-            self._initial_obs = np.empty((self.initial_buffer_size, obs.shape[1]), np.float32)
-            self._initial_count = 0
         for row in obs:
             self._initial_obs[self._initial_count % self.initial_buffer_size] = row
             self._initial_count += 1
