@@ -100,6 +100,26 @@ def test_eval_with_non_uniform_prior_matches_exact() -> None:
     assert np.abs(model.action_probabilities(ONE_HOT) - exact.policy).max() < 0.05
 
 
+def test_eval_reward_units_match_exact_and_survive_save_load(tmp_path: Path) -> None:
+    """``units="reward"``: the heads output ``log u / beta`` and the loss is taken in those
+    units; the fixed point (theta, policy) is the exact one, and the scale survives save/load."""
+    mdp = tiltrl.gridworld(GRID)
+    beta = 4.0
+    exact = tiltrl.solve(mdp, beta)
+    model = small_eval(mdp, beta, units="reward").learn(1200)
+    assert model.q_net.output_scale == beta
+    assert abs(model.theta / exact.theta - 1) < 0.02
+    assert np.abs(model.action_probabilities(ONE_HOT) - exact.policy).max() < 0.05
+    obs = th.as_tensor(ONE_HOT)
+    with th.no_grad():
+        raw = model.q_net.q_net(model.q_net.extract_features(obs, model.q_net.features_extractor))
+    assert np.allclose(raw.numpy() * beta, model.log_u(ONE_HOT, heads=True), atol=1e-5)
+    model.save(tmp_path / "eval.zip")
+    loaded = EVAL.load(tmp_path / "eval.zip", env=tab_env(mdp))
+    assert loaded.units == "reward" and loaded.q_net_target.output_scale == beta
+    assert np.allclose(loaded.log_u(ONE_HOT, heads=True), model.log_u(ONE_HOT, heads=True))
+
+
 def test_eval_restart_scale_solves_the_episodic_task_as_its_continuing_chain() -> None:
     """Holes and goal reset to S in the continuing grid; cut into episodes (an action on
     H or G terminates, the next episode starts at S), EVAL with ``scale="restart"``
@@ -325,6 +345,8 @@ def test_invalid_arguments_raise() -> None:
         EVAL("MlpPolicy", tab_env(mdp), aggregation="median")
     with pytest.raises(ValueError, match="initial_buffer_size"):
         EVAL("MlpPolicy", tab_env(mdp), scale="restart", initial_buffer_size=0)
+    with pytest.raises(ValueError, match="units"):
+        EVAL("MlpPolicy", tab_env(mdp), units="nats")
     with pytest.raises(ValueError, match="terminal state 9"):
         TabularEnv(mdp, terminal_states=[4, 9])
     with pytest.raises(ValueError):

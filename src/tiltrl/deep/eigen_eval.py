@@ -56,6 +56,7 @@ from tiltrl.deep.policies import EnsembleLogUNetwork, EVALPolicy
 from tiltrl.deep.soft_dqn import LOSSES, SoftDQN, td_loss
 
 SCALES = ("mean", "terminal", "restart")
+UNITS = ("log_u", "reward")
 DYNAMICS = ("fixed", "controlled")
 
 
@@ -79,6 +80,12 @@ class EVAL(SoftDQN):
       initial_buffer_size: ``scale="restart"`` keeps the last this many first observations
         of episodes (a ring buffer; up to ``batch_size`` of them per gradient step).
       terminal_log_chi: ``log chi`` of the state after a terminal transition.
+      units: what the network's heads output and the TD loss measures. ``"log_u"`` (the
+        published choice): ``log u`` itself. ``"reward"``: ``log u / beta``, a soft Q in
+        reward units, as :class:`SoftDQN`'s network; the fixed point is the same, but
+        targets keep the reward's scale whatever beta is (at beta 10 on LunarLander,
+        ``log u`` spans thousands, which Adam's per-step moves of ~``learning_rate``
+        reach slowly, and a Huber loss on it is nearly L1).
       log_u_clip: optional clamp ``|y| <= log_u_clip`` on the targets.
       learned_prior, prior_lr: posterior policy iteration.
     """
@@ -107,6 +114,7 @@ class EVAL(SoftDQN):
         learned_prior: bool = False,
         prior_lr: float = 1e-3,
         initial_buffer_size: int = 1000,
+        units: str = "log_u",
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -114,6 +122,8 @@ class EVAL(SoftDQN):
             raise ValueError(f"dynamics must be one of {DYNAMICS}, got {dynamics!r}")
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        if units not in UNITS:
+            raise ValueError(f"units must be one of {UNITS}, got {units!r}")
         if not 0 < theta_lr <= 1:
             raise ValueError("theta_lr must be in (0, 1]")
         if initial_buffer_size < 1:
@@ -130,6 +140,7 @@ class EVAL(SoftDQN):
         self.learned_prior = bool(learned_prior)
         self.prior_lr = float(prior_lr)
         self.initial_buffer_size = int(initial_buffer_size)
+        self.units = units
         if _init_setup_model:
             self._setup_model()
 
@@ -140,6 +151,7 @@ class EVAL(SoftDQN):
             "n_heads": self.n_heads,
             "aggregation": self.aggregation,
             "learned_prior": self.learned_prior,
+            "output_scale": self.beta if self.units == "reward" else 1.0,
         }
         if self.scale == "restart" and isinstance(self.observation_space, spaces.Dict):
             raise ValueError('scale="restart" needs array observations, not a Dict space')
@@ -282,7 +294,8 @@ class EVAL(SoftDQN):
                     y = y.clamp(-self.log_u_clip, self.log_u_clip)
                 y = y.view(-1, 1).expand_as(log_u_sa)
             if self.dynamics == "fixed":
-                loss = td_loss(log_u_sa, y, self.loss) * heads.shape[1]
+                unit = self.q_net.output_scale  # beta for units="reward", else 1
+                loss = td_loss(log_u_sa / unit, y / unit, self.loss) * heads.shape[1]
             else:
                 ref = log_u_sa.detach()
                 rel = th.exp(log_u_sa - ref) - th.exp((y - ref).clamp(max=20.0))
@@ -330,4 +343,4 @@ class EVAL(SoftDQN):
         return out.cpu().numpy()
 
 
-__all__ = ["EVAL", "LOSSES", "SCALES", "DYNAMICS"]
+__all__ = ["EVAL", "LOSSES", "SCALES", "DYNAMICS", "UNITS"]

@@ -260,6 +260,7 @@ class EnsembleLogUNetwork(QNetwork):
         normalize_images: bool = True,
         n_heads: int = 2,
         aggregation: str = "max",
+        output_scale: float = 1.0,
     ) -> None:
         super().__init__(
             observation_space,
@@ -274,8 +275,11 @@ class EnsembleLogUNetwork(QNetwork):
             raise ValueError("n_heads must be >= 1")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if not output_scale > 0:
+            raise ValueError(f"output_scale must be > 0, got {output_scale}")
         self.n_heads = int(n_heads)
         self.aggregation = aggregation
+        self.output_scale = float(output_scale)
         arch = [64, 64] if net_arch is None else list(net_arch)
         self.q_net = EnsembleMLP(  # type: ignore[assignment]
             n_heads, features_dim, int(action_space.n), arch, activation_fn
@@ -283,14 +287,17 @@ class EnsembleLogUNetwork(QNetwork):
 
     def heads(self, obs: Any) -> th.Tensor:
         """All heads, shape ``(B, K, A)``."""
-        return self.q_net(features(self, obs))
+        out = self.q_net(features(self, obs))
+        return out if self.output_scale == 1.0 else out * self.output_scale
 
     def forward(self, obs: Any) -> th.Tensor:
         return aggregate(self.heads(obs), self.aggregation)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(n_heads=self.n_heads, aggregation=self.aggregation)
+        data.update(
+            n_heads=self.n_heads, aggregation=self.aggregation, output_scale=self.output_scale
+        )
         return data
 
 
@@ -301,7 +308,8 @@ class EVALPolicy(SoftQPolicy):
     prior network whose output is added to ``log pi0`` (last layer zero-initialised, so it
     starts at the given prior); the algorithm trains it to track the current policy
     (posterior policy iteration). ``beta`` is not used in the action rule (``log u``
-    already contains it).
+    already contains it). ``output_scale`` multiplies the heads' raw outputs: with
+    ``output_scale=beta`` the network itself predicts ``log u / beta`` (reward units).
     """
 
     q_net: EnsembleLogUNetwork
@@ -315,10 +323,12 @@ class EVALPolicy(SoftQPolicy):
         n_heads: int = 2,
         aggregation: str = "max",
         learned_prior: bool = False,
+        output_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         self.n_heads = int(n_heads)
         self.aggregation = aggregation
+        self.output_scale = float(output_scale)
         self.learned_prior = bool(learned_prior)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self.prior_net: nn.Module | None = None
@@ -334,13 +344,19 @@ class EVALPolicy(SoftQPolicy):
     def make_q_net(self) -> EnsembleLogUNetwork:
         net_args = self._update_features_extractor(self.net_args, features_extractor=None)
         return EnsembleLogUNetwork(
-            **net_args, n_heads=self.n_heads, aggregation=self.aggregation
+            **net_args,
+            n_heads=self.n_heads,
+            aggregation=self.aggregation,
+            output_scale=self.output_scale,
         ).to(self.device)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data.update(
-            n_heads=self.n_heads, aggregation=self.aggregation, learned_prior=self.learned_prior
+            n_heads=self.n_heads,
+            aggregation=self.aggregation,
+            learned_prior=self.learned_prior,
+            output_scale=self.output_scale,
         )
         return data
 
