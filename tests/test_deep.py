@@ -6,6 +6,7 @@ Every test is seeded and single-threaded.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +338,48 @@ def test_vec_env_callback_and_logger(cls: type, tmp_path: Path) -> None:
     assert "train/loss" in model.logger.name_to_value
     if cls is BoundedSoftDQN:
         assert 0.0 <= model.logger.name_to_value.get("train/q_clip_rate", 0.0) <= 1.0
+
+
+def test_bounded_logs_every_clip_since_the_last_dump(tmp_path: Path) -> None:
+    """The first gradient step samples its batch of 32 from one transition: all 32
+    residuals are equal, so the bounds sit at ``T Q + gamma D`` and
+    ``T Q + gamma D / (1 - gamma)``, both off ``T Q`` on the same side, and every target
+    is outside. Later dumps must still count those clips (a last-call log would not)."""
+    mdp = tiltrl.gridworld(GRID)
+    common = dict(learning_starts=0, batch_size=32, train_freq=1, gradient_steps=1, seed=0)
+    model = BoundedSoftDQN(
+        "MlpPolicy", tab_env(mdp, horizon=50), beta=1.0, policy_kwargs=dict(net_arch=[16]),
+        **common,
+    )
+    model.learn(1)
+    assert model.logger.name_to_value["train/targets_clipped"] == 32
+    assert model.logger.name_to_value["train/target_clip_rate"] == 1.0
+
+    model = BoundedSoftDQN(
+        "MlpPolicy", tab_env(mdp, horizon=50), beta=1.0, policy_kwargs=dict(net_arch=[16]),
+        **common,
+    )
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(300, log_interval=1)
+    rows = [
+        r for r in _csv_rows(tmp_path / "progress.csv") if r.get("train/targets_clipped")
+    ]
+    assert len(rows) >= 3
+    counts = [float(r["train/targets_clipped"]) for r in rows]
+    updates = [float(r["train/n_updates"]) for r in rows]
+    assert counts[0] >= 32 and counts == sorted(counts)
+    # each dump's rate is its clips over all targets since the previous dump
+    prev_c, prev_n = 0.0, 0.0
+    for r, c, n in zip(rows, counts, updates, strict=True):
+        rate = float(r["train/target_clip_rate"])
+        assert rate == pytest.approx((c - prev_c) / (32 * (n - prev_n)), abs=1e-9)
+        prev_c, prev_n = c, n
+    assert model.targets_clipped == counts[-1]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def test_invalid_arguments_raise() -> None:
