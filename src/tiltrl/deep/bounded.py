@@ -193,6 +193,7 @@ class ClipStats:
         if len(self.raw) >= self.fold_every:
             self._fold()
 
+    @th.no_grad()
     def _fold(self) -> None:
         if not self.raw:
             return
