@@ -361,9 +361,8 @@ def test_bounded_logs_every_clip_since_the_last_dump(tmp_path: Path) -> None:
     )
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(300, log_interval=1)
-    rows = [
-        r for r in _csv_rows(tmp_path / "progress.csv") if r.get("train/targets_clipped")
-    ]
+    with open(tmp_path / "progress.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/targets_clipped")]
     assert len(rows) >= 3
     counts = [float(r["train/targets_clipped"]) for r in rows]
     updates = [float(r["train/n_updates"]) for r in rows]
@@ -375,11 +374,6 @@ def test_bounded_logs_every_clip_since_the_last_dump(tmp_path: Path) -> None:
         assert rate == pytest.approx((c - prev_c) / (32 * (n - prev_n)), abs=1e-9)
         prev_c, prev_n = c, n
     assert model.targets_clipped == counts[-1]
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_invalid_arguments_raise() -> None:
