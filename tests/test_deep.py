@@ -186,6 +186,28 @@ def test_soft_bellman_bounds_contain_exact_q() -> None:
     assert abs(lower.item()) < 1e-6 and abs(upper.item()) < 1e-6
 
 
+def test_soft_dqn_epsilon_mixes_uniform_actions_into_the_soft_policy() -> None:
+    """``exploration_*_eps`` (DQN's schedule) replaces a soft-policy action by a uniform one
+    with probability eps: with the soft policy pinned on action 0, the share of other
+    actions is eps * 3/4 (binomial, 4,000 draws: 5 sigma is 0.033), and 0 without eps."""
+    mdp = tiltrl.gridworld(GRID)
+    shares = []
+    for eps in (0.0, 0.4):
+        model = small_soft(
+            SoftDQN, mdp, 10.0, 0.9, exploration_initial_eps=eps, exploration_final_eps=eps
+        )
+        model.learn(1)  # sets exploration_rate from the schedule
+        last = model.q_net.q_net[-1]
+        with th.no_grad():  # Q = (100, 0, 0, 0) everywhere: pi(0|s) = 1 - 3 exp(-1000) at beta 10
+            last.weight.zero_()
+            last.bias.copy_(th.tensor([100.0, 0.0, 0.0, 0.0]))
+        actions = [int(model.predict(ONE_HOT[i % 9], deterministic=False)[0]) for i in range(4000)]
+        shares.append(np.mean(np.array(actions) != 0))
+        assert model.exploration_rate == eps
+    assert shares[0] == 0.0
+    assert abs(shares[1] - 0.4 * 0.75) < 0.033
+
+
 def test_callable_prior_equals_vector_prior() -> None:
     vec = np.array([0.1, 0.2, 0.3, 0.4])
     obs = th.zeros(5, 9)
