@@ -12,7 +12,8 @@ and applies one update to all ``K`` tables. The figure is aggregate updates per 
 (``K * steps / seconds``), median over ``--repeats`` runs. Two backends of ``learn`` are
 timed: ``numpy`` (one vectorised numpy update per step) and ``numba`` (the optional compiled
 kernel, ``pip install tiltrl[fast]``: blocks of steps of all seeds in one jitted call, the
-same random stream and bit-identical tables); ``numba`` rows are skipped when it is missing.
+same random stream and the same tables, see ``tiltrl.agents._numba``); ``numba`` rows are
+skipped when it is missing.
 
 The peer is a plain per-seed Python loop implementing the same algorithm (Boltzmann
 action from ``pi0 exp(beta Q)``, next state by inverse CDF with ``bisect`` on the row's

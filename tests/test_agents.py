@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -310,19 +312,39 @@ _BACKEND_CASES = [
 ]
 
 
+def _numpy_array_math_is_libm() -> bool:
+    """Whether numpy's float64 ``exp``/``log``/``log1p`` on arrays give the C library's
+    bits (the numba kernel calls the C library). On CPUs with AVX-512 numpy dispatches its
+    own SIMD ``exp``/``log``, which differ from the C library's in the last bit for a few
+    per cent of arguments."""
+    x = np.linspace(-40.0, 40.0, 8001)
+    y = np.abs(x) + 1e-3
+    return (np.array_equal(np.exp(x), [math.exp(v) for v in x])
+            and np.array_equal(np.log(y), [math.log(v) for v in y])
+            and np.array_equal(np.log1p(y), [math.log1p(v) for v in y]))
+
+
 @pytest.mark.parametrize(("algo", "kw"), _BACKEND_CASES)
 def test_numba_backend_is_bit_identical_to_numpy(algo, kw):
+    """Bit-identical where numpy's array exp/log are the C library's; with numpy's AVX-512
+    exp/log the tables differ by a few ulps (the same trajectories: a diverged draw would
+    change them at O(1))."""
     pytest.importorskip("numba")
+    if _numpy_array_math_is_libm():
+        same = np.array_equal
+    else:
+        def same(x, y):
+            return np.allclose(x, y, rtol=1e-13, atol=1e-13)
     # 7 outcomes per row (comparison search) and 11 (searchsorted); non-uniform prior
     for mdp in (_random_mdp(7, 3, 0), _random_mdp(11, 2, 1),
                 tiltrl.gridworld("7x7holes", slippery=1)):
         a, b = (learn(algo, mdp, beta=3.0, steps=1500, seeds=5, seed=4, reference=False,
                       backend=be, **kw) for be in ("numpy", "numba"))
         assert a.options["backend"] == "numpy" and b.options["backend"] == "numba"
-        assert np.array_equal(a.q, b.q) and np.array_equal(a.policy, b.policy)
+        assert same(a.q, b.q) and same(a.policy, b.policy)
         assert (a.theta is None) == (b.theta is None)
         if a.theta is not None:
-            assert np.array_equal(a.theta, b.theta)
+            assert same(a.theta, b.theta)
         assert a.stats.get("n_clipped") == b.stats.get("n_clipped")
 
 

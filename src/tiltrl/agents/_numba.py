@@ -7,7 +7,10 @@ independent within a block (their table entries never collide), so the kernel lo
 seeds outside and steps inside. Every number is computed by the floating-point operations
 of the numpy path in the same order (the same ``exp``/``log``/``log1p`` of the C library,
 ``numpy``'s ``logaddexp``, ``maximum``/``minimum`` and ``sign`` written out), so the tables
-are bit-identical to the numpy backend (``tests/test_agents.py`` checks this).
+are bit-identical to the numpy backend (``tests/test_agents.py`` checks this) wherever
+numpy's array ``exp``/``log`` are the C library's. On CPUs with AVX-512 numpy dispatches its
+own SIMD ``exp``/``log``, which differ in the last bit for a few per cent of arguments; the
+tables then agree to a few ulps (the same draws, so the same trajectories).
 
 Block boundaries are set by the driver: a bounded learner's bounds refresh and a
 U-learner's normalisation happen at the end of a block, exactly at the update where the

@@ -268,7 +268,8 @@ def learn(
         ``"numpy"``: one vectorised numpy update per step; ``"numba"``: a compiled kernel
         (:mod:`tiltrl.agents._numba`, needs ``numba``: ``pip install tiltrl[fast]``) runs
         blocks of steps of all seeds -- the same random stream and the same floating-point
-        operations, so bit-identical tables; ``"auto"`` (default): numba when it is
+        operations, so bit-identical tables (a few ulps apart on AVX-512 CPUs, where numpy
+        uses its own SIMD ``exp``/``log``); ``"auto"`` (default): numba when it is
         importable and covers the run (a :class:`~tiltrl.mdp.TabularMDP`), else numpy.
 
     Returns
