@@ -82,6 +82,7 @@ import torch as th  # noqa: E402
 from stable_baselines3 import DQN, PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.logger import Logger  # noqa: E402
 
 from tiltrl.deep import EVAL, BoundedSoftDQN, SoftDQN  # noqa: E402
 
@@ -234,6 +235,12 @@ class EvalCurve(BaseCallback):
         return True
 
 
+def silent_logger() -> Logger:
+    """The logger SB3 makes at ``verbose=0`` (no outputs), minus the empty ``/tmp/SB3-<time>``
+    folder that SB3 creates for it on every ``learn``."""
+    return Logger(folder=None, output_formats=[])
+
+
 def run_one(
     algo: str, env_id: str, seed: int, steps: int | None, every: int, episodes: int
 ) -> dict[str, Any]:
@@ -250,6 +257,7 @@ def run_one(
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
     eval_env = make_eval_env(env_id, seed, episodes)
     model = ALGOS[algo](policy, env, seed=seed, **kwargs)
+    model.set_logger(silent_logger())
     cb = EvalCurve(eval_env, every)
     t = time.perf_counter()
     model.learn(n, callback=cb)
@@ -417,6 +425,7 @@ def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]
                 kw["policy_kwargs"] = dict(net_arch=[64, 64], optimizer_kwargs={"fused": True})
             cls = ALGOS["dqn" if algo == "dqn_fused_adam" else algo]
             model = cls("MlpPolicy", gym.make("CartPole-v1"), seed=rep, **kw)
+            model.set_logger(silent_logger())
             t, c = time.perf_counter(), time.process_time()
             model.learn(steps)
             times[algo].append(steps / (time.perf_counter() - t))
@@ -573,9 +582,9 @@ def main(argv: list[str] | None = None) -> int:
             and args.out.resolve() not in {path.resolve() for path in sources}
         ):
             sources.insert(0, args.out)
-        results = combine_files(sources, command)
-        write_results(args.out, results)
-        print_report(results)
+        combined = combine_files(sources, command)
+        write_results(args.out, combined)
+        print_report(combined)
         return 0
     if args.seed_start < 0:
         ap.error("--seed-start must be >= 0")

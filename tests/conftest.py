@@ -37,6 +37,13 @@ else:
     settings.load_profile(os.environ.get("TILTRL_HYPOTHESIS_PROFILE", "tiltrl"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sb3_log_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """stable-baselines3 makes a ``/tmp/SB3-<time>`` folder on every ``learn`` without a logger
+    (even at ``verbose=0``); point it at pytest's temporary directory instead."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A freshly seeded generator per test (fixed seed)."""
