@@ -57,6 +57,9 @@ Per algorithm and environment, over seeds:
   by the step span), IQM over seeds;
 - ``steps_per_s``: environment steps per second of training wall clock (evaluation time
   excluded), median over seeds.
+``vs_dqn`` compares every algorithm's steps to threshold with SB3 DQN's on each
+environment (:func:`compare_to_peer`): the difference of the medians with a bootstrap 95%
+interval and the bootstrap probability of being at or below DQN's median.
 A throughput section times every algorithm at the same ``train_freq=1``,
 ``gradient_steps=1``, batch 64, MLP 2x64 on CartPole-v1 (``--throughput-steps``), as env
 steps per wall-clock second and per CPU second of the process.
@@ -282,6 +285,87 @@ def run_one(
     }
 
 
+def steps_to_threshold(run: dict[str, Any], threshold: float) -> float:
+    """The first evaluation step (after step 0: an untrained network can be lucky) whose
+    mean return reaches ``threshold``; ``inf`` when none does."""
+    s = np.asarray(run["curve_steps"], dtype=np.float64)
+    y = np.asarray(run["curve_returns"], dtype=np.float64)
+    reached = np.flatnonzero((y >= threshold) & (s > 0))
+    return float(s[reached[0]]) if len(reached) else np.inf
+
+
+def median_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``median(a) - median(b)`` of steps to threshold along the last axis, where ``inf``
+    is "never": two medians that are both never count as a tie (0), not as ``inf - inf``."""
+    ma, mb = np.median(a, axis=-1), np.median(b, axis=-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(ma) & np.isinf(mb), 0.0, ma - mb)
+
+
+def compare_to_peer(
+    runs: list[dict[str, Any]],
+    peer_runs: list[dict[str, Any]],
+    threshold: float,
+    n_boot: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Steps to threshold of ``runs`` against a peer's (SB3 DQN's) on one environment.
+
+    "At least matches the peer's steps-to-threshold" is a statement about two medians of
+    about ten noisy numbers each, so besides the difference of the medians this reports
+    its bootstrap 95% interval (seeds of each side resampled independently: the runs share
+    seed numbers but not trajectories), the bootstrap probability that this median is at
+    or below the peer's, the mean difference (``None`` unless every seed of both sides
+    reaches the threshold), and the seeds (paired by number) on which each side is faster.
+    A seed that never reaches the threshold counts as infinitely slow; an infinite
+    difference is written as the string ``"+inf"`` (this median is never, the peer's is
+    finite) or ``"-inf"`` (the reverse), since JSON has no infinity.
+    """
+    a = np.array([steps_to_threshold(r, threshold) for r in runs])
+    b = np.array([steps_to_threshold(r, threshold) for r in peer_runs])
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    diffs = median_difference(a[ia], b[ib])
+    # "nearest" picks resampled values: no interpolation between an infinite and a finite one
+    lo, hi = np.percentile(diffs, [2.5, 97.5], method="nearest")
+    finite = np.isfinite(a).all() and np.isfinite(b).all()
+    peer_by_seed = {int(r["seed"]): h for r, h in zip(peer_runs, b, strict=True)}
+    paired = [
+        (int(r["seed"]), h, peer_by_seed[int(r["seed"])])
+        for r, h in zip(runs, a, strict=True)
+        if int(r["seed"]) in peer_by_seed
+    ]
+
+    def json_steps(x: float) -> float | str:
+        return float(x) if np.isfinite(x) else ("+inf" if x > 0 else "-inf")
+
+    return {
+        "median_difference": json_steps(float(median_difference(a, b))),
+        "median_difference_ci95": [json_steps(lo), json_steps(hi)],
+        "p_median_not_slower": float(np.mean(diffs <= 0.0)),
+        "mean_difference": float(a.mean() - b.mean()) if finite else None,
+        "faster_on_seeds": [s_ for s_, x, y in paired if x < y],
+        "slower_on_seeds": [s_ for s_, x, y in paired if x > y],
+        "n_boot": n_boot,
+    }
+
+
+def peer_comparisons(runs: dict[str, Any], peer: str = "dqn") -> dict[str, Any]:
+    """:func:`compare_to_peer` of every algorithm against ``peer`` on every environment
+    where both ran (the ``vs_dqn`` section of the JSON)."""
+    out: dict[str, Any] = {}
+    for env_id, per_algo in runs.items():
+        if peer not in per_algo:
+            continue
+        out[env_id] = {
+            algo: compare_to_peer(entry["runs"], per_algo[peer]["runs"], THRESHOLDS[env_id])
+            for algo, entry in per_algo.items()
+            if algo != peer
+        }
+    return out
+
+
 def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Statistics over the seeds of one algorithm on one environment (module docstring);
     the per-seed lists are in the order of ``runs`` (by seed, as merged), see ``seeds``."""
@@ -297,8 +381,7 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
             if span > 0
             else float(y[-1])
         )
-        reached = np.flatnonzero((y >= threshold) & (s > 0))  # not the untrained net
-        hit.append(float(s[reached[0]]) if len(reached) else np.inf)
+        hit.append(steps_to_threshold(r, threshold))
     hit_arr = np.array(hit)
     frac = float(np.mean(np.isfinite(hit_arr)))
     med = float(np.median(hit_arr))
@@ -333,6 +416,7 @@ def add_runs(
     per_algo = results.setdefault("runs", {}).setdefault(env_id, {})
     runs = merge_runs(per_algo.get(algo, {}).get("runs", []), new_runs)
     per_algo[algo] = {"runs": runs, "summary": summarise(runs, THRESHOLDS[env_id])}
+    results["vs_dqn"] = peer_comparisons(results["runs"])
 
 
 def commands_of(results: dict[str, Any]) -> list[str]:
@@ -383,6 +467,7 @@ def merge_results(documents: list[dict[str, Any]]) -> dict[str, Any]:
         }
         for env_id, per_algo_runs in run_lists.items()
     }
+    merged["vs_dqn"] = peer_comparisons(merged["runs"])
     merged["throughput"] = merged.get("throughput")
     merged["commands"] = commands
     merged["eval_method"] = eval_methods_of(merged) or merged.get("eval_method")
@@ -479,6 +564,13 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 def print_report(results: dict[str, Any]) -> None:
     """The Markdown table and the throughput numbers of ``results``."""
     print(table(results))
+    for env_id, per_algo in (results.get("vs_dqn") or {}).items():
+        for algo, c in per_algo.items():
+            lo, hi = c["median_difference_ci95"]
+            print(
+                f"{env_id} {algo} - dqn, median steps to threshold: {c['median_difference']} "
+                f"[{lo}, {hi}], P(not slower) {c['p_median_not_slower']:.2f}"
+            )
     tp = results.get("throughput") or {}
     if "steps_per_s_median" in tp:
         print(

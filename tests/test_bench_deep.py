@@ -101,6 +101,71 @@ def _check_merged_eval_entry(entry: dict[str, Any]) -> None:
     assert summary["steps_per_s_median"] == pytest.approx(200.0)  # 100, 300, 100, 300
 
 
+def test_compare_to_peer_constant_sides_and_seed_pairing(bench: Any) -> None:
+    # every resample of a constant side has the same median: the interval is the point
+    faster = [_run(s, 1000) for s in range(4)]
+    peer = [_run(s, 2000) for s in range(4)]
+    c = bench.compare_to_peer(faster, peer, 475.0, n_boot=500)
+    assert c["median_difference"] == -1000.0
+    assert c["median_difference_ci95"] == [-1000.0, -1000.0]
+    assert c["p_median_not_slower"] == 1.0
+    assert c["mean_difference"] == -1000.0
+    assert c["faster_on_seeds"] == [0, 1, 2, 3] and c["slower_on_seeds"] == []
+    back = bench.compare_to_peer(peer, faster, 475.0, n_boot=500)
+    assert back["median_difference"] == 1000.0 and back["p_median_not_slower"] == 0.0
+    # pairing is by seed number, not by position; seeds the peer lacks are not paired
+    mixed = [_run(0, 3000), _run(1, 1000), _run(7, 1000)]
+    c = bench.compare_to_peer(mixed, [_run(1, 2000), _run(0, 2000)], 475.0, n_boot=500)
+    assert c["faster_on_seeds"] == [1] and c["slower_on_seeds"] == [0]
+
+
+def test_compare_to_peer_never_is_infinitely_slow(bench: Any) -> None:
+    never = [_run(s, None) for s in range(3)]
+    reach = [_run(s, 2000) for s in range(3)]
+    c = bench.compare_to_peer(never, reach, 475.0, n_boot=200)
+    assert c["median_difference"] == "+inf"
+    assert c["median_difference_ci95"] == ["+inf", "+inf"]
+    assert c["p_median_not_slower"] == 0.0 and c["mean_difference"] is None
+    assert bench.compare_to_peer(reach, never, 475.0, n_boot=200)["median_difference"] == "-inf"
+    both = bench.compare_to_peer(never, never, 475.0, n_boot=200)  # a tie, not inf - inf
+    assert both["median_difference"] == 0.0 and both["p_median_not_slower"] == 1.0
+    json.dumps(c, allow_nan=False)  # strict JSON: no Infinity or NaN
+
+
+def test_compare_to_peer_bootstrap_matches_a_direct_resampling(bench: Any) -> None:
+    """The vectorised bootstrap against a loop over the same resampling indices."""
+    hits_a = [1000, 2000, 3000, None, 1000, 2000, 1000]
+    hits_b = [2000, 2000, 3000, 1000, 3000, 3000]
+    a = [_run(s, r) for s, r in enumerate(hits_a)]
+    b = [_run(s, r) for s, r in enumerate(hits_b)]
+    n_boot = 400
+    c = bench.compare_to_peer(a, b, 475.0, n_boot=n_boot, seed=3)
+    xa = np.array([np.inf if r is None else r for r in hits_a], dtype=float)
+    xb = np.array([np.inf if r is None else r for r in hits_b], dtype=float)
+    rng = np.random.default_rng(3)
+    ia = rng.integers(0, len(xa), (n_boot, len(xa)))
+    ib = rng.integers(0, len(xb), (n_boot, len(xb)))
+    diffs = []
+    for i in range(n_boot):
+        ma, mb = float(np.median(xa[ia[i]])), float(np.median(xb[ib[i]]))
+        diffs.append(0.0 if ma == mb == np.inf else ma - mb)
+    assert c["p_median_not_slower"] == pytest.approx(np.mean(np.array(diffs) <= 0))
+    srt = np.sort(diffs)
+    ends = [float(srt[round(q * (n_boot - 1))]) for q in (0.025, 0.975)]
+    assert c["median_difference_ci95"] == [
+        x if np.isfinite(x) else ("+inf" if x > 0 else "-inf") for x in ends
+    ]
+    assert c["median_difference"] == 2000.0 - 2500.0
+    assert all(isinstance(x, float) for x in c["median_difference_ci95"])  # finite ends
+
+
+def test_merged_results_carry_the_dqn_comparison(bench: Any) -> None:
+    doc = _document(bench, {"dqn": [_run(s, 2000) for s in range(3)], "eval": [_run(0, 1000)]})
+    assert set(doc["vs_dqn"][CARTPOLE]) == {"eval"}
+    merged = bench.merge_results([doc, _document(bench, {"eval": [_run(0, 3000)]})])
+    assert merged["vs_dqn"][CARTPOLE]["eval"]["median_difference"] == 1000.0
+
+
 def test_merge_runs_replaces_same_seed_keeps_others_sorted(bench: Any) -> None:
     merged = bench.merge_runs(
         [_run(2, 1000), _run(0, 1000), _run(1, 1000)],
