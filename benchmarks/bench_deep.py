@@ -39,7 +39,10 @@ single-threaded (``torch.set_num_threads(1)``).
 Evaluation: ``--eval-episodes`` deterministic episodes, one on each of as many separate
 evaluation envs (env ``i`` seeded ``10000 + seed + i`` at its first reset), stepped in
 lock-step with one batched network pass per step over the envs still running; a finished
-env is not stepped again (:func:`evaluate_episodes`). Each run records its ``eval_method``:
+env is not stepped again (:func:`run_episodes`). A run's curve holds the mean return
+(``curve_returns``) and, from 2026-11-30 on, the mean episode length (``curve_lengths``)
+of each evaluation and, for EVAL, its reward-rate estimate theta (``curve_theta``).
+Each run records its ``eval_method``:
 runs before 2026-11-29 used SB3's ``evaluate_policy`` on a ``DummyVecEnv`` ("vectorised:
 ..."), the same episodes' distribution but with every sub-env stepped until the slowest
 had finished (so later evaluations saw other random starts); runs of older files, which
@@ -185,8 +188,9 @@ def make_eval_env(env_id: str, seed: int, episodes: int) -> EvalEnvs:
     return EvalEnvs(env_id, seed, episodes)
 
 
-def evaluate_episodes(model: Any, eval_env: EvalEnvs) -> list[float]:
-    """Returns of one deterministic episode per env of ``eval_env``, in env order.
+def run_episodes(model: Any, eval_env: EvalEnvs) -> tuple[list[float], list[int]]:
+    """Returns and lengths of one deterministic episode per env of ``eval_env``, in env
+    order.
 
     All envs are reset together and stepped in lock-step with one batched ``predict``
     over the envs whose episode is still running; an env is not stepped after its
@@ -195,6 +199,7 @@ def evaluate_episodes(model: Any, eval_env: EvalEnvs) -> list[float]:
     plays 1,000 steps, that was most of the evaluation time.)"""
     observations = eval_env.reset()
     returns = [0.0] * eval_env.num_envs
+    lengths = [0] * eval_env.num_envs
     running = list(range(eval_env.num_envs))
     while running:
         actions, _ = model.predict(np.stack([observations[i] for i in running]), deterministic=True)
@@ -202,31 +207,45 @@ def evaluate_episodes(model: Any, eval_env: EvalEnvs) -> list[float]:
         for i, action in zip(running, actions, strict=True):
             obs, reward, terminated, truncated, _ = eval_env.envs[i].step(action)
             returns[i] += float(reward)
+            lengths[i] += 1
             observations[i] = obs
             if not (terminated or truncated):
                 still_running.append(i)
         running = still_running
-    return returns
+    return returns, lengths
+
+
+def evaluate_episodes(model: Any, eval_env: EvalEnvs) -> list[float]:
+    """The returns of :func:`run_episodes`."""
+    return run_episodes(model, eval_env)[0]
 
 
 class EvalCurve(BaseCallback):
     """Evaluates every ``every`` env steps on ``eval_env`` (one episode per env, see
-    :func:`evaluate_episodes`); times training separately from evaluation."""
+    :func:`run_episodes`); times training separately from evaluation. Records the mean
+    return and mean episode length of each evaluation and, for a model with a ``theta``
+    (EVAL's reward-rate estimate), its value at that step."""
 
     def __init__(self, eval_env: EvalEnvs, every: int) -> None:
         super().__init__()
         self.eval_env, self.every = eval_env, every
         self.steps: list[int] = []
         self.returns: list[float] = []
+        self.lengths: list[float] = []
+        self.thetas: list[float | None] = []
         self.eval_time = 0.0
         self._next = every
 
     def _evaluate(self) -> None:
         t = time.perf_counter()
-        episode_returns = evaluate_episodes(self.model, self.eval_env)
+        episode_returns, episode_lengths = run_episodes(self.model, self.eval_env)
         self.eval_time += time.perf_counter() - t
         self.steps.append(int(self.num_timesteps))
         self.returns.append(float(np.mean(episode_returns)))
+        self.lengths.append(float(np.mean(episode_lengths)))
+        theta = getattr(self.model, "theta", None)
+        # NaN before EVAL's first gradient step (no estimate yet): JSON null
+        self.thetas.append(None if theta is None or not np.isfinite(theta) else float(theta))
 
     def _on_training_start(self) -> None:
         self._evaluate()
@@ -275,6 +294,9 @@ def run_one(
         "steps": int(model.num_timesteps),
         "curve_steps": cb.steps,
         "curve_returns": cb.returns,
+        "curve_lengths": cb.lengths,
+        # EVAL's theta at each evaluation (runs from 2026-11-30 on; older runs lack both)
+        **({"curve_theta": cb.thetas} if hasattr(model, "theta") else {}),
         "train_seconds": train_time,
         "eval_seconds": cb.eval_time,
         "steps_per_s": model.num_timesteps / train_time,

@@ -264,7 +264,7 @@ def _sequential_returns(
 def test_batched_evaluation_equals_sequential_episodes(bench: Any) -> None:
     seed, episodes = 3, 7
     eval_env = bench.make_eval_env(CARTPOLE, seed, episodes)
-    first = bench.evaluate_episodes(AngleOnlyPolicy(), eval_env)
+    first, first_lengths = bench.run_episodes(AngleOnlyPolicy(), eval_env)
     # a finished env is not stepped again: each env's step count is its episode's length
     # (CartPole pays 1 per step)
     lengths = [env.get_wrapper_attr("_elapsed_steps") for env in eval_env.envs]
@@ -273,7 +273,7 @@ def test_batched_evaluation_equals_sequential_episodes(bench: Any) -> None:
     reference = _sequential_returns(AngleOnlyPolicy(), seed, episodes, rounds=2)
     assert len(set(reference[0])) > 1  # the seeds do give different episodes
     assert first == reference[0]
-    assert lengths == [int(r) for r in first]
+    assert lengths == [int(r) for r in first] == first_lengths
     # the second evaluation continues each env's RNG from its own first episode
     assert second == reference[1] != first
 
@@ -299,9 +299,27 @@ def test_run_one_records_eval_method(bench: Any) -> None:
     # SoftDQN's train_freq 256 rounds learn up to 256 steps, evaluated at the end
     assert run["curve_steps"] == [0, 100, 200, 256] == [0, 100, 200, run["steps"]]
     assert len(run["curve_returns"]) == 4
+    # CartPole pays 1 per step: the mean length of an evaluation is its mean return
+    assert run["curve_lengths"] == run["curve_returns"]
+    assert "curve_theta" not in run  # SoftDQN has no reward-rate estimate
     assert run["eval_method"] == bench.eval_method_description(3)
     assert run["eval_method"].startswith("batched: 3 envs")
     assert run["eval_seconds"] > 0.0
     yml = bench.load_hyperparams("softdqn", CARTPOLE)
     assert run["hyperparam_values"] == {k: v for k, v in yml.items() if k != "_file"}
     assert run["hyperparam_values"]["beta"] == yml["beta"]
+
+
+def test_run_one_records_eval_theta(bench: Any) -> None:
+    """EVAL's theta at each evaluation: none before its first gradient step (the YAML's
+    ``learning_starts``), then the model's moving estimate."""
+    start = bench.load_hyperparams("eval", CARTPOLE)["learning_starts"]
+    run = bench.run_one("eval", CARTPOLE, seed=0, steps=start + 300, every=100, episodes=2)
+    steps, theta = run["curve_steps"], run["curve_theta"]
+    assert len(theta) == len(steps) == len(run["curve_lengths"])
+    assert all(t is None for s, t in zip(steps, theta, strict=True) if s <= start)
+    learnt = [t for s, t in zip(steps, theta, strict=True) if s > start]
+    assert len(learnt) == 3
+    assert all(isinstance(t, float) and np.isfinite(t) for t in learnt)
+    assert len(set(learnt)) == 3  # it moves while learning
+    assert run["curve_lengths"] == run["curve_returns"]
