@@ -37,6 +37,21 @@ Learning. The network has ``n_heads >= 2`` heads (one batched network) predictin
   optimum is to hover for ever (measured: EVAL learns to land by ~40k steps, then drifts
   to hovering and flying off, returns -500 to -2000). ``"restart"`` counts the landing
   once per episode in the reward rate of the renewal process instead.
+- Per step or per episode. ``"restart"`` (the published convention, DESIGN.md §3)
+  charges ``theta`` on every step: its optimum maximises the soft reward *per step* of
+  the renewal chain, ``E[R] / E[T]`` in the unregularised limit, which pays to end
+  episodes sooner at the cost of return. ``scale="episode"`` charges ``theta`` once per
+  episode, on the terminal transition (``y = beta r - done beta theta + log chi(s') - m``,
+  ``m`` as for ``"restart"``): the renewal chain then runs on an episode clock, and the
+  fixed point is the first-exit problem of linearly solvable control (Todorov, "Efficient
+  computation of optimal actions", PNAS 106, 11478, 2009): ``log chi = beta (W - theta)``
+  with ``W`` the undiscounted soft value to termination and
+  ``theta = log E_{s0} exp(beta W(s0)) / beta`` the soft-optimal return *per episode*.
+  The policy is undiscounted soft Q-learning's with a zero terminal value; the restart
+  pinning only removes the constant ``beta theta`` from ``log u``. ``theta`` is the
+  charge that pins the start value: its batch estimate is ``theta + m / beta`` (``m``,
+  subtracted from every target, acts as a per-step charge until ``theta`` has taken it
+  over; at the fixed point ``m = 0``). It starts at 0 (``theta_init`` overrides).
 - Optional posterior policy iteration (``learned_prior=True``): a prior network is
   trained (step size ``prior_lr``) to track the current policy ``pi ∝ pi0 u``, so the
   KL cost shrinks towards the unregularised limit.
@@ -55,7 +70,9 @@ from stable_baselines3.common.policies import BasePolicy
 from tiltrl.deep.policies import EnsembleLogUNetwork, EVALPolicy
 from tiltrl.deep.soft_dqn import LOSSES, SoftDQN, td_loss
 
-SCALES = ("mean", "terminal", "restart")
+SCALES = ("mean", "terminal", "restart", "episode")
+# the scales that pin log E chi(s0) of episodes' first observations to the terminal value
+RESTART_SCALES = ("restart", "episode")
 UNITS = ("log_u", "reward")
 DYNAMICS = ("fixed", "controlled")
 
@@ -70,15 +87,18 @@ class EVAL(SoftDQN):
       theta_lr: step size of the theta estimate; theta_init: initial theta (``None``:
         the first batch estimate).
       dynamics: ``"fixed"`` (log-space loss) or ``"controlled"`` (u-space loss).
-      scale: ``"mean"``, ``"terminal"`` or ``"restart"`` (how the scale of log u is
-        fixed). ``"mean"`` is well posed for continuing tasks; for episodic tasks whose
+      scale: ``"mean"``, ``"terminal"``, ``"restart"`` or ``"episode"`` (how the scale
+        of log u is fixed). ``"mean"`` is well posed for continuing tasks; for episodic tasks whose
         termination is a failure (CartPole) use ``"terminal"`` (the published choice):
         with ``"mean"`` a terminal state with ``terminal_log_chi=0`` is worth an average
         state, which removes most of the incentive to survive (measured: CartPole stays
         near 10-50). For episodic tasks whose termination is the goal (LunarLander) use
-        ``"restart"``: a terminal step is worth a fresh episode's start.
-      initial_buffer_size: ``scale="restart"`` keeps the last this many first observations
-        of episodes (a ring buffer; up to ``batch_size`` of them per gradient step).
+        ``"restart"``: a terminal step is worth a fresh episode's start. ``"episode"``:
+        as ``"restart"``, but ``theta`` is a rate per episode, charged at termination
+        (the return per episode, not per step, is maximised; module docstring).
+      initial_buffer_size: ``scale="restart"``/``"episode"`` keeps the last this many
+        first observations of episodes (a ring buffer; up to ``batch_size`` of them per
+        gradient step).
       terminal_log_chi: ``log chi`` of the state after a terminal transition.
       units: what the network's heads output and the TD loss measures. ``"log_u"`` (the
         published choice): ``log u`` itself. ``"reward"``: ``log u / beta``, a soft Q in
@@ -153,14 +173,14 @@ class EVAL(SoftDQN):
             "learned_prior": self.learned_prior,
             "output_scale": self.beta if self.units == "reward" else 1.0,
         }
-        if self.scale == "restart" and isinstance(self.observation_space, spaces.Dict):
-            raise ValueError('scale="restart" needs array observations, not a Dict space')
+        if self.scale in RESTART_SCALES and isinstance(self.observation_space, spaces.Dict):
+            raise ValueError(f"scale={self.scale!r} needs array observations, not a Dict space")
         super()._setup_model()
-        # ring buffer of first observations (scale="restart"); load() runs _setup_model
+        # ring buffer of first observations (RESTART_SCALES); load() runs _setup_model
         # again and the buffer, not saved, starts empty
         self._initial_count = 0
         self._initial_obs: np.ndarray | None = None
-        if self.scale == "restart":
+        if self.scale in RESTART_SCALES:
             width = int(np.prod(self.observation_space.shape))  # type: ignore[arg-type]
             self._initial_obs = np.empty((self.initial_buffer_size, width), np.float32)
         self.prior_optimizer: th.optim.Optimizer | None = None
@@ -180,8 +200,8 @@ class EVAL(SoftDQN):
 
     def _record_initial(self, observations: Any) -> None:
         """Adds first observations of episodes (unnormalised, as the replay buffer keeps
-        them) to the ring buffer of ``scale="restart"``."""
-        if self._initial_obs is None:  # scale != "restart"
+        them) to the ring buffer of ``scale="restart"``/``"episode"``."""
+        if self._initial_obs is None:  # scale not in RESTART_SCALES
             return
         obs = np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
         for row in obs:
@@ -218,7 +238,7 @@ class EVAL(SoftDQN):
         infos: list[dict[str, Any]],
     ) -> None:
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
-        if self.scale == "restart" and np.any(dones):
+        if self.scale in RESTART_SCALES and np.any(dones):
             # the VecEnv has reset the done sub-envs: new_obs holds their first observations
             original = self._last_original_obs if self._vec_normalize_env is not None else new_obs
             self._record_initial(np.asarray(original)[np.asarray(dones, dtype=bool)])
@@ -234,6 +254,13 @@ class EVAL(SoftDQN):
             pick = np.asarray(self._vec_normalize_env.normalize_obs(pick), dtype=np.float32)
         shape = (len(pick), *self.observation_space.shape)  # type: ignore[misc]
         return th.as_tensor(pick.reshape(shape), device=self.device)
+
+    def _log_rho(self, log_ratio: th.Tensor) -> float:
+        """The batch estimate of ``beta theta`` from per-sample log ratios: their mean
+        (``dynamics="fixed"``) or the log of the mean ratio (``"controlled"``)."""
+        if self.dynamics == "fixed":
+            return float(log_ratio.mean().item())
+        return float((th.logsumexp(log_ratio, 0) - math.log(log_ratio.numel())).item())
 
     def _log_chi(self, log_u: th.Tensor, obs: th.Tensor) -> th.Tensor:
         return th.logsumexp(log_u + self.policy.prior_logits(obs), dim=-1)
@@ -254,7 +281,8 @@ class EVAL(SoftDQN):
             log_u_sa = heads.gather(2, idx).squeeze(2)  # (B, K)
             with th.no_grad():
                 both = th.cat([obs, nxt]) if isinstance(obs, th.Tensor) else None
-                initial = self._initial_batch(batch_size) if self.scale == "restart" else None
+                restarts = self.scale in RESTART_SCALES
+                initial = self._initial_batch(batch_size) if restarts else None
                 log_chi_initial: th.Tensor | None = None
                 if both is not None:  # one target pass for s and s' (and first obs)
                     if initial is not None:
@@ -273,22 +301,27 @@ class EVAL(SoftDQN):
                     log_chi_t = self._log_chi(log_u_t, obs)
                     log_chi_next = self._log_chi(self.q_net_target(nxt), nxt)
                 cont = log_chi_next.masked_fill(done, self.terminal_log_chi)
-                log_ratio = beta * r + cont - log_u_t.gather(1, actions).view(-1)
-                if self.dynamics == "fixed":
-                    log_rho_hat = log_ratio.mean()
-                else:
-                    log_rho_hat = th.logsumexp(log_ratio, 0) - math.log(log_ratio.numel())
-                theta_hat = float(log_rho_hat.item()) / beta
-                if not math.isfinite(self.theta):
-                    self.theta = theta_hat
-                y = beta * (r - self.theta) + cont
                 m: th.Tensor | None = None
                 if self.scale == "mean":
                     m = log_chi_t.mean()
-                    y = y - m
-                elif self.scale == "restart":  # log E_{s0} chi(s0): a restart's worth
+                elif restarts:  # log E_{s0} chi(s0): a restart's worth
                     assert log_chi_initial is not None
                     m = th.logsumexp(log_chi_initial, 0) - math.log(log_chi_initial.numel())
+                if self.scale == "episode":
+                    # m, subtracted on every step, is a per-step charge while it is not 0;
+                    # theta takes it over: the per-episode charge that pins the start
+                    # value, log E chi(s0) = 0, without one
+                    assert m is not None
+                    theta = self.theta if math.isfinite(self.theta) else 0.0
+                    theta_hat = theta + float(m.item()) / beta
+                    y = beta * r - done.to(r.dtype) * (beta * theta) + cont
+                else:
+                    log_ratio = beta * r + cont - log_u_t.gather(1, actions).view(-1)
+                    theta_hat = self._log_rho(log_ratio) / beta
+                    if not math.isfinite(self.theta):
+                        self.theta = theta_hat
+                    y = beta * (r - self.theta) + cont
+                if m is not None:
                     y = y - m
                 if self.log_u_clip is not None:
                     y = y.clamp(-self.log_u_clip, self.log_u_clip)
@@ -301,6 +334,8 @@ class EVAL(SoftDQN):
                 rel = th.exp(log_u_sa - ref) - th.exp((y - ref).clamp(max=20.0))
                 loss = (rel**2).mean() * heads.shape[1]
             self._gradient_step(loss)
+            if not math.isfinite(self.theta):  # scale="episode": theta starts at 0
+                self.theta = 0.0
             self.theta += self.theta_lr * (theta_hat - self.theta)
             kl = self._prior_step(obs) if self.prior_optimizer is not None else None
             steps.append((loss, theta_hat, m, log_u_sa, kl))
@@ -343,4 +378,4 @@ class EVAL(SoftDQN):
         return out.cpu().numpy()
 
 
-__all__ = ["EVAL", "LOSSES", "SCALES", "DYNAMICS", "UNITS"]
+__all__ = ["EVAL", "LOSSES", "SCALES", "RESTART_SCALES", "DYNAMICS", "UNITS"]
