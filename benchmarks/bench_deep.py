@@ -41,7 +41,8 @@ evaluation envs (env ``i`` seeded ``10000 + seed + i`` at its first reset), step
 lock-step with one batched network pass per step over the envs still running; a finished
 env is not stepped again (:func:`run_episodes`). A run's curve holds the mean return
 (``curve_returns``) and, from 2026-11-30 on, the mean episode length (``curve_lengths``)
-of each evaluation and, for EVAL, its reward-rate estimate theta (``curve_theta``).
+of each evaluation and, for EVAL, its reward-rate estimate theta (``curve_theta``), and
+the run's ``provenance`` (package versions and git commit, :func:`provenance`).
 Each run records its ``eval_method``:
 runs before 2026-11-29 used SB3's ``evaluate_policy`` on a ``DummyVecEnv`` ("vectorised:
 ..."), the same episodes' distribution but with every sub-env stepped until the slowest
@@ -72,9 +73,11 @@ Writes JSON (``--out``, default ``benchmarks/results/deep.json``) and prints a M
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -257,6 +260,40 @@ class EvalCurve(BaseCallback):
         return True
 
 
+PACKAGES = ("torch", "stable_baselines3", "gymnasium", "numpy", "Box2D")
+
+
+def provenance() -> dict[str, str | None]:
+    """What a run's numbers depend on besides its seed and hyperparameters: the versions
+    of the packages that shape a trajectory (None where one is not installed) and the
+    repository's git commit (``+dirty`` with uncommitted changes; None outside git).
+    Same seed, same provenance, same machine: the same curve. (SB3 DQN's LunarLander
+    seeds 0-9 of 2026-11-29 did not reproduce after the virtual environment was rebuilt
+    on 2026-11-30, and those runs had recorded no versions.)"""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    try:
+        root = HERE.parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        out["git"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        out["git"] = None
+    return out
+
+
 def silent_logger() -> Logger:
     """The logger SB3 makes at ``verbose=0`` (no outputs), minus the empty ``/tmp/SB3-<time>``
     folder that SB3 creates for it on every ``learn``."""
@@ -302,6 +339,7 @@ def run_one(
         "steps_per_s": model.num_timesteps / train_time,
         "eval_method": eval_method_description(episodes),
         "hyperparams": hp["_file"],
+        "provenance": provenance(),
         # the values as run: a later edit of the YAML file must not relabel old runs
         "hyperparam_values": {k: v for k, v in hp.items() if not k.startswith("_")},
     }

@@ -308,6 +308,14 @@ def test_run_one_records_eval_method(bench: Any) -> None:
     yml = bench.load_hyperparams("softdqn", CARTPOLE)
     assert run["hyperparam_values"] == {k: v for k, v in yml.items() if k != "_file"}
     assert run["hyperparam_values"]["beta"] == yml["beta"]
+    import stable_baselines3
+    import torch
+
+    versions = run["provenance"]
+    assert versions["stable_baselines3"] == stable_baselines3.__version__
+    assert versions["torch"] == torch.__version__
+    assert versions["gymnasium"] == gym.__version__
+    assert set(versions) == {*bench.PACKAGES, "git"}
 
 
 def test_run_one_records_eval_theta(bench: Any) -> None:
