@@ -39,7 +39,7 @@ Learning. The network has ``n_heads >= 2`` heads (one batched network) predictin
   once per episode in the reward rate of the renewal process instead.
 - Per step or per episode. ``"restart"`` (the published convention, DESIGN.md §3)
   charges ``theta`` on every step: its optimum maximises the soft reward *per step* of
-  the renewal chain, ``E[R] / E[T]`` in the unregularised limit, which pays to end
+  the renewal chain, ``E[R] / E[T]`` in the unregularised limit, which can pay to end
   episodes sooner at the cost of return. ``scale="episode"`` charges ``theta`` once per
   episode, on the terminal transition (``y = beta r - done beta theta + log chi(s') - m``,
   ``m`` as for ``"restart"``): the renewal chain then runs on an episode clock, and the
@@ -52,6 +52,9 @@ Learning. The network has ``n_heads >= 2`` heads (one batched network) predictin
   charge that pins the start value: its batch estimate is ``theta + m / beta`` (``m``,
   subtracted from every target, acts as a per-step charge until ``theta`` has taken it
   over; at the fixed point ``m = 0``). It starts at 0 (``theta_init`` overrides).
+  Exact on a tabular episodic grid (tests); on LunarLander (beta 10, seed 1) theta ran up
+  to ~1,850 by 27,500 steps while episodes returned -34 to -204: with no per-step
+  charge, nothing holds back the undiscounted values' upward drift.
 - Optional posterior policy iteration (``learned_prior=True``): a prior network is
   trained (step size ``prior_lr``) to track the current policy ``pi ∝ pi0 u``, so the
   KL cost shrinks towards the unregularised limit.
@@ -85,7 +88,7 @@ class EVAL(SoftDQN):
       n_heads, aggregation: ensemble size (>= 1; >= 2 recommended) and
         ``"min"``/``"mean"``/``"max"`` aggregation.
       theta_lr: step size of the theta estimate; theta_init: initial theta (``None``:
-        the first batch estimate).
+        the first batch estimate; 0 for ``scale="episode"``).
       dynamics: ``"fixed"`` (log-space loss) or ``"controlled"`` (u-space loss).
       scale: ``"mean"``, ``"terminal"``, ``"restart"`` or ``"episode"`` (how the scale
         of log u is fixed). ``"mean"`` is well posed for continuing tasks; for episodic tasks whose
