@@ -315,9 +315,10 @@ class EVAL(SoftDQN):
                     # theta takes it over: the per-episode charge that pins the start
                     # value, log E chi(s0) = 0, without one
                     assert m is not None
-                    theta = self.theta if math.isfinite(self.theta) else 0.0
-                    theta_hat = theta + float(m.item()) / beta
-                    y = beta * r - done.to(r.dtype) * (beta * theta) + cont
+                    if not math.isfinite(self.theta):  # theta starts at 0
+                        self.theta = 0.0
+                    theta_hat = self.theta + float(m.item()) / beta
+                    y = beta * r - done.to(r.dtype) * (beta * self.theta) + cont
                 else:
                     log_ratio = beta * r + cont - log_u_t.gather(1, actions).view(-1)
                     theta_hat = self._log_rho(log_ratio) / beta
@@ -337,8 +338,6 @@ class EVAL(SoftDQN):
                 rel = th.exp(log_u_sa - ref) - th.exp((y - ref).clamp(max=20.0))
                 loss = (rel**2).mean() * heads.shape[1]
             self._gradient_step(loss)
-            if not math.isfinite(self.theta):  # scale="episode": theta starts at 0
-                self.theta = 0.0
             self.theta += self.theta_lr * (theta_hat - self.theta)
             kl = self._prior_step(obs) if self.prior_optimizer is not None else None
             steps.append((loss, theta_hat, m, log_u_sa, kl))
