@@ -449,6 +449,7 @@ def summarise(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     return {
         "n_seeds": len(runs),
         "seeds": [int(r["seed"]) for r in runs],
+        "threshold": float(threshold),
         "final_iqm": iqm(final),
         "final_iqm_ci95": [lo, hi],
         "final_mean": float(final.mean()),

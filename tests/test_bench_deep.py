@@ -92,6 +92,7 @@ def _check_merged_eval_entry(entry: dict[str, Any]) -> None:
     assert [r["seed"] for r in entry["runs"]] == [0, 1, 2, 3]
     assert summary["seeds"] == [0, 1, 2, 3]
     assert summary["n_seeds"] == 4
+    assert summary["threshold"] == 475.0  # read back by tiltrl.viz.deep (plot-curves)
     assert entry["runs"][1]["steps_per_s"] == 300.0  # seed 1 replaced by the newer run
     assert summary["steps_to_threshold_per_seed"] == [1000.0, 3000.0, 2000.0, None]
     assert summary["steps_to_threshold_median"] == 2500.0
@@ -223,6 +224,45 @@ def test_combine_two_files(
     entry = json.loads(swapped.read_text())["runs"][CARTPOLE]["eval"]
     assert entry["summary"]["steps_to_threshold_per_seed"] == [1000.0, 1000.0, 2000.0, None]
     assert json.loads(swapped.read_text())["throughput"] == old["throughput"]
+
+
+def test_plot_curves_of_a_results_file(bench: Any, tmp_path: Path) -> None:
+    """``tiltrl plot-curves RESULTS.json``: every run of the file as a curve (evaluation
+    steps against returns), the mean over seeds per algorithm, the threshold drawn."""
+    pytest.importorskip("matplotlib")
+    from tiltrl.cli import main
+    from tiltrl.viz.deep import plot_run_curves, read_benchmark_curves
+
+    old, _ = _old_and_new(bench)
+    bench.add_runs(old, CARTPOLE, "dqn", [_run(0, 3000), _run(1, None)])
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(old))
+    runs = read_benchmark_curves(path)
+    assert sorted((r["algo"], r["seed"]) for r in runs) == [
+        ("dqn", 0), ("dqn", 1), ("eval", 0), ("eval", 1), ("eval", 2)
+    ]
+    assert {r["threshold"] for r in runs} == {475.0}
+    assert list(runs[0]["steps"]) == CURVE_STEPS
+    assert [r["algo"] for r in read_benchmark_curves(path, algos=["dqn"])] == ["dqn", "dqn"]
+    with pytest.raises(ValueError, match="no algorithm ppo .*the file has dqn, eval"):
+        read_benchmark_curves(path, algos=["ppo"])
+    with pytest.raises(ValueError, match="no 'runs' section"):
+        (tmp_path / "other.json").write_text("{}")
+        read_benchmark_curves(tmp_path / "other.json")
+
+    fig = plot_run_curves([r for r in runs if r["algo"] == "dqn"], points=4)
+    (ax,) = fig.axes
+    dqn, threshold = ax.lines
+    # seed 0 reaches 500 at 3000 (final 500.75), seed 1 stays at 101: the mean per step
+    assert list(dqn.get_ydata()) == pytest.approx([100.5, 100.5, 100.5, (500.75 + 101) / 2])
+    assert list(threshold.get_ydata()) == [475.0, 475.0]
+    assert "evaluation return" in ax.get_ylabel()
+
+    fig_path = tmp_path / "curves.png"
+    assert main(["--plain", "plot-curves", str(path), "--algos", "eval", "--out",
+                 str(fig_path)]) == 0
+    assert fig_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot-curves", str(path), "--envs", "Pong", "--out", str(fig_path)]) == 2
 
 
 class AngleOnlyPolicy:

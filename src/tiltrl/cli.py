@@ -11,7 +11,7 @@ Subcommands::
     tiltrl scgf MODEL --k LIST ...      SCGF, mean, variance, rate function (+ cloning)
     tiltrl train ALGO ENV --steps N ... deep agent on a gymnasium env (extra ``deep``)
     tiltrl eval CHECKPOINT --episodes N mean / std / IQM return of a trained agent
-    tiltrl plot-curves RUN_DIR ... --out learning curves over seeds (mean + interval)
+    tiltrl plot-curves RUN_DIR|RESULTS.json ... --out learning curves over seeds (mean + interval)
     tiltrl render CHECKPOINT --out GIF  rendered frame and the agent's view, side by side
 
 ``MAP`` is a name from :data:`tiltrl.MAPS`, a text file holding the rows of a grid (one
@@ -1258,8 +1258,19 @@ def _add_deep_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_deep("cmd_eval"))
 
-    p = sub.add_parser("plot-curves", help="learning curves of `tiltrl train` runs over seeds")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p = sub.add_parser(
+        "plot-curves", help="learning curves over seeds (`tiltrl train` runs, bench_deep results)",
+        description="Sources: `tiltrl train` run directories (training-episode returns from "
+                    "progress.csv) and/or results files of benchmarks/bench_deep.py "
+                    "(evaluation returns of every run, with each environment's threshold).",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR|RESULTS.json",
+                   help="run directories or bench_deep.py results files")
+    p.add_argument("--envs", nargs="+", default=None, metavar="ENV",
+                   help="only these environments")
+    p.add_argument("--algos", nargs="+", default=None, metavar="ALGO",
+                   help="only these algorithms")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     p.add_argument("--out", required=True, metavar="FIG.png", help="figure file")
     p.add_argument("--interval", choices=("ci95", "std", "minmax"), default="ci95",
                    help="band over seeds: 95%% CI of the mean (default), ±1 std, min-max")

@@ -3,9 +3,12 @@
 - :func:`read_run_curves` reads a ``tiltrl train`` run directory (``run.json`` and SB3's
   ``progress.csv``: ``time/total_timesteps`` against ``rollout/ep_rew_mean``, the mean
   training-episode return over the last 100 episodes);
+- :func:`read_benchmark_curves` reads the runs of a ``benchmarks/bench_deep.py`` results
+  file (``curve_steps`` against ``curve_returns``: the mean return of the separate
+  evaluation episodes, greedy), with each environment's threshold;
 - :func:`plot_run_curves` overlays algorithms (one curve per algorithm and env): the mean
   over seeds on a common step grid (linear interpolation, no extrapolation beyond a
-  run's own steps) and a shaded interval over seeds;
+  run's own steps), a shaded interval over seeds and, where known, the threshold;
 - :class:`AgentAnimation` draws, side by side, the rendered frame (human view) and what
   the agent sees and computes (observation numbers, action probabilities, and for EVAL
   ``log u`` and ``theta``), and writes a GIF with matplotlib's ``PillowWriter``.
@@ -24,10 +27,12 @@ import numpy as np
 
 from tiltrl.viz._mpl import new_figure
 
-__all__ = ["AgentAnimation", "plot_run_curves", "read_run_curves"]
+__all__ = ["AgentAnimation", "plot_run_curves", "read_benchmark_curves", "read_run_curves"]
 
 X_KEY = "time/total_timesteps"
 Y_KEY = "rollout/ep_rew_mean"
+TRAIN_LABEL = "training episode return (mean of last 100)"
+EVAL_LABEL = "evaluation return (mean over episodes)"
 INTERVALS = ("ci95", "minmax", "std")
 
 
@@ -56,7 +61,62 @@ def read_run_curves(run_dir: str | Path) -> dict[str, Any]:
         "steps": np.asarray(xs),
         "returns": np.asarray(ys),
         "dir": str(d),
+        "y_label": TRAIN_LABEL,
     }
+
+
+def read_benchmark_curves(
+    path: str | Path,
+    *,
+    envs: Sequence[str] | None = None,
+    algos: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The runs of a ``benchmarks/bench_deep.py`` results file (``runs[env][algo]["runs"]``),
+    one dict per run as :func:`read_run_curves` gives (``"steps"``: the evaluation steps,
+    ``"returns"``: the mean evaluation return there), plus ``"threshold"`` where the
+    entry's summary records one; ``envs`` / ``algos`` keep only those (an unknown name is
+    an error that lists the ones in the file)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not a JSON file ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), dict):
+        raise ValueError(f"{p}: no 'runs' section (not a bench_deep.py results file)")
+    results: dict[str, dict[str, Any]] = doc["runs"]
+    for kind, wanted, known in (
+        ("environment", envs, sorted(results)),
+        ("algorithm", algos, sorted({a for per_algo in results.values() for a in per_algo})),
+    ):
+        unknown = sorted(set(wanted or ()) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{p}: no {kind} {', '.join(unknown)} (the file has {', '.join(known)})"
+            )
+    runs = []
+    for env, per_algo in results.items():
+        if envs and env not in envs:
+            continue
+        for algo, entry in per_algo.items():
+            if algos and algo not in algos:
+                continue
+            threshold = entry.get("summary", {}).get("threshold")
+            for r in entry["runs"]:
+                runs.append(
+                    {
+                        "algo": algo,
+                        "env": env,
+                        "seed": r.get("seed"),
+                        "steps": np.asarray(r["curve_steps"], dtype=np.float64),
+                        "returns": np.asarray(r["curve_returns"], dtype=np.float64),
+                        "dir": str(p),
+                        "y_label": EVAL_LABEL,
+                        "threshold": threshold,
+                    }
+                )
+    if not runs:
+        raise ValueError(f"{p}: no runs for envs={envs} algos={algos}")
+    return runs
 
 
 def _band(values: np.ndarray, interval: str) -> tuple[np.ndarray, np.ndarray]:
@@ -80,18 +140,24 @@ def plot_run_curves(
     title: str | None = None,
     points: int = 200,
 ) -> Any:
-    """Figure: one panel per env, one curve per algorithm (mean over seeds) with a band
-    (``"ci95"``: mean ± 1.96 standard errors, ``"std"``: ± one standard deviation,
-    ``"minmax"``: range over seeds)."""
+    """Figure: one panel per env (in order of first appearance), one curve per algorithm
+    (mean over seeds) with a band (``"ci95"``: mean ± 1.96 standard errors, ``"std"``: ±
+    one standard deviation, ``"minmax"``: range over seeds), and a dashed line at each
+    run's ``"threshold"`` where it has one."""
     if interval not in INTERVALS:
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     if not runs:
         raise ValueError("no runs to plot")
-    envs = sorted({r["env"] for r in runs})
-    fig = new_figure((5.5 * len(envs), 4.0))
-    axes = fig.subplots(1, len(envs), squeeze=False)[0]
-    for ax, env in zip(axes, envs, strict=True):
-        algos = sorted({r["algo"] for r in runs if r["env"] == env})
+    envs = list(dict.fromkeys(r["env"] for r in runs))
+    all_algos = sorted({r["algo"] for r in runs})  # one colour per algorithm in every panel
+    ncols = len(envs) if len(envs) <= 3 else 2
+    nrows = -(-len(envs) // ncols)
+    fig = new_figure((5.5 * ncols, 4.0 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(envs):]:
+        ax.set_visible(False)
+    for ax, env in zip(axes, envs, strict=False):
+        algos = [a for a in all_algos if any(r["env"] == env and r["algo"] == a for r in runs)]
         for algo in algos:
             group = [r for r in runs if r["env"] == env and r["algo"] == algo]
             hi = max(float(r["steps"][-1]) for r in group)
@@ -110,13 +176,20 @@ def plot_run_curves(
             keep = np.any(np.isfinite(vals), axis=0)
             grid, vals = grid[keep], vals[:, keep]
             mean = np.nanmean(vals, axis=0)
-            (line,) = ax.plot(grid, mean, label=f"{algo} ({len(group)} seeds)")
+            (line,) = ax.plot(
+                grid, mean, color=f"C{all_algos.index(algo) % 10}",
+                label=f"{algo} ({len(group)} seeds)",
+            )
             if len(group) > 1:
                 low, up = _band(vals, interval)
                 ax.fill_between(grid, low, up, color=line.get_color(), alpha=0.2, lw=0)
+        thresholds = {r.get("threshold") for r in runs if r["env"] == env} - {None}
+        for value in thresholds:
+            ax.axhline(value, color="0.3", ls="--", lw=0.8, label=f"threshold {value:g}")
         ax.set_title(env)
         ax.set_xlabel("environment steps")
-        ax.set_ylabel("training episode return (mean of last 100)")
+        labels = sorted({r.get("y_label", TRAIN_LABEL) for r in runs if r["env"] == env})
+        ax.set_ylabel(" / ".join(labels))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     band = {"ci95": "95% CI of the mean", "std": "± 1 std", "minmax": "min-max"}[interval]
