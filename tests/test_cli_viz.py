@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +335,24 @@ def test_demo_stochastic_map_without_plots(capsys: pytest.CaptureFixture[str]) -
     text = capsys.readouterr().out
     assert "controlled >= fixed at every beta" in text
     assert "stochastic" in text
+
+
+@needs_mpl
+def test_plot_curves_of_a_benchmark_file_needs_no_torch(tmp_path: Path) -> None:
+    """``tiltrl plot-curves RESULTS.json`` draws a bench_deep results file without
+    importing torch or stable-baselines3 (core + matplotlib only)."""
+    run = {"seed": 0, "curve_steps": [0, 1000, 2000], "curve_returns": [10.0, 200.0, 500.0]}
+    doc = {"runs": {"CartPole-v1": {"dqn": {"runs": [run, {**run, "seed": 1}],
+                                            "summary": {"threshold": 475.0}}}}}
+    results, fig = tmp_path / "deep.json", tmp_path / "curves.png"
+    results.write_text(json.dumps(doc))
+    code = ("import sys, tiltrl.cli\n"
+            f"args = ['--plain', 'plot-curves', {str(results)!r}, '--out', {str(fig)!r}]\n"
+            "rc = tiltrl.cli.main(args)\n"
+            "assert rc == 0, rc\n"
+            "assert 'torch' not in sys.modules and 'stable_baselines3' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "MPLBACKEND": "Agg"})
+    assert res.returncode == 0, res.stderr
+    assert "2 runs, 1 curves" in res.stdout
+    _png_ok(fig)

@@ -914,6 +914,35 @@ def _json_number(x: Any) -> Any:
     return v if math.isfinite(v) else None
 
 
+def cmd_plot_curves(args: argparse.Namespace, out: Output) -> int:
+    """``tiltrl plot-curves``: learning curves of ``tiltrl train`` run directories and/or
+    ``bench_deep.py`` results files (matplotlib only: no torch)."""
+    _require_plotting()
+    from tiltrl.viz._mpl import save_figure
+    from tiltrl.viz.deep import plot_run_curves, read_benchmark_curves, read_run_curves
+
+    runs: list[dict[str, Any]] = []
+    for source in map(Path, args.run_dirs):
+        if source.is_file():  # a benchmarks/bench_deep.py results file
+            runs += read_benchmark_curves(source, envs=args.envs, algos=args.algos)
+        else:
+            runs.append(read_run_curves(source))
+    if args.envs or args.algos:
+        runs = [
+            r for r in runs
+            if (not args.envs or r["env"] in args.envs)
+            and (not args.algos or r["algo"] in args.algos)
+        ]
+        if not runs:
+            raise ValueError(f"no runs left after --envs {args.envs} --algos {args.algos}")
+    fig = plot_run_curves(runs, interval=args.interval, title=args.title)
+    path = save_figure(fig, args.out, dpi=args.dpi)
+    groups = sorted({(r["algo"], r["env"]) for r in runs})
+    out.line(f"wrote {path} ({len(runs)} runs, {len(groups)} curves)")
+    return 0
+
+
+
 def cmd_scgf(args: argparse.Namespace, out: Output) -> int:
     """SCGF, its derivatives and the rate function of an additive observable (tiltrl.ld)."""
     from tiltrl.exact.average import ConvergenceWarning
@@ -1222,8 +1251,8 @@ def _deep(name: str) -> Callable[[argparse.Namespace, Output], int]:
 
 
 def _add_deep_commands(sub: Any) -> None:
-    """``train``, ``eval``, ``plot-curves``, ``render`` (extra ``deep``; torch is imported
-    only when one of them runs)."""
+    """``train``, ``eval``, ``render`` (extra ``deep``; torch is imported only when one of
+    them runs) and ``plot-curves`` (matplotlib only)."""
     algos = ("eval", "softdqn", "bounded", "dqn", "ppo")
     p = sub.add_parser(
         "train", help="train a deep agent on a gymnasium env (extra 'deep')",
@@ -1275,7 +1304,7 @@ def _add_deep_commands(sub: Any) -> None:
     p.add_argument("--interval", choices=("ci95", "std", "minmax"), default="ci95",
                    help="band over seeds: 95%% CI of the mean (default), ±1 std, min-max")
     p.add_argument("--title", default=None, help="figure title")
-    p.set_defaults(func=_deep("cmd_plot_curves"))
+    p.set_defaults(func=cmd_plot_curves)
 
     p = sub.add_parser(
         "render", help="GIF of a trained agent: rendered frame and the agent's view",

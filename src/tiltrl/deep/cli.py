@@ -1,4 +1,5 @@
-"""The deep subcommands of ``tiltrl``: train, eval, plot-curves, render.
+"""The deep subcommands of ``tiltrl``: train, eval, render (``plot-curves`` needs no torch
+and lives in :mod:`tiltrl.cli`).
 
 ``tiltrl.cli`` defines the arguments and calls these functions lazily, so that
 ``import tiltrl`` and ``tiltrl --help`` never import torch. Every function takes the
@@ -26,7 +27,6 @@ __all__ = [
     "ALGO_NAMES",
     "LinearSchedule",
     "cmd_eval",
-    "cmd_plot_curves",
     "cmd_render",
     "cmd_train",
     "default_hyperparams_path",
@@ -298,31 +298,6 @@ def cmd_eval(args: argparse.Namespace, out: Any) -> int:
         ],
         title=f"evaluation of {args.checkpoint}",
     )
-    return 0
-
-
-def cmd_plot_curves(args: argparse.Namespace, out: Any) -> int:
-    from tiltrl.viz._mpl import save_figure
-    from tiltrl.viz.deep import plot_run_curves, read_benchmark_curves, read_run_curves
-
-    runs: list[dict[str, Any]] = []
-    for source in map(Path, args.run_dirs):
-        if source.is_file():  # a benchmarks/bench_deep.py results file
-            runs += read_benchmark_curves(source, envs=args.envs, algos=args.algos)
-        else:
-            runs.append(read_run_curves(source))
-    if args.envs or args.algos:
-        runs = [
-            r for r in runs
-            if (not args.envs or r["env"] in args.envs)
-            and (not args.algos or r["algo"] in args.algos)
-        ]
-        if not runs:
-            raise ValueError(f"no runs left after --envs {args.envs} --algos {args.algos}")
-    fig = plot_run_curves(runs, interval=args.interval, title=args.title)
-    path = save_figure(fig, args.out, dpi=args.dpi)
-    groups = sorted({(r["algo"], r["env"]) for r in runs})
-    out.line(f"wrote {path} ({len(runs)} runs, {len(groups)} curves)")
     return 0
 
 
