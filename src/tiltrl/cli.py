@@ -923,24 +923,21 @@ def cmd_plot_curves(args: argparse.Namespace, out: Output) -> int:
 
     runs: list[dict[str, Any]] = []
     for source in map(Path, args.run_dirs):
-        if source.is_file():  # a benchmarks/bench_deep.py results file
+        if source.is_file():  # a benchmarks/bench_deep.py results file, filtered as read
             runs += read_benchmark_curves(source, envs=args.envs, algos=args.algos)
-        else:
-            runs.append(read_run_curves(source))
-    if args.envs or args.algos:
-        runs = [
-            r for r in runs
-            if (not args.envs or r["env"] in args.envs)
-            and (not args.algos or r["algo"] in args.algos)
-        ]
-        if not runs:
-            raise ValueError(f"no runs left after --envs {args.envs} --algos {args.algos}")
+            continue
+        run = read_run_curves(source)
+        if (not args.envs or run["env"] in args.envs) and (
+            not args.algos or run["algo"] in args.algos
+        ):
+            runs.append(run)
+    if not runs:
+        raise ValueError(f"no runs left after --envs {args.envs} --algos {args.algos}")
     fig = plot_run_curves(runs, interval=args.interval, title=args.title)
     path = save_figure(fig, args.out, dpi=args.dpi)
     groups = sorted({(r["algo"], r["env"]) for r in runs})
     out.line(f"wrote {path} ({len(runs)} runs, {len(groups)} curves)")
     return 0
-
 
 
 def cmd_scgf(args: argparse.Namespace, out: Output) -> int:
