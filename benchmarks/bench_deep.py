@@ -102,7 +102,12 @@ ALGOS: dict[str, Any] = {
     "bounded": BoundedSoftDQN,
     "dqn": DQN,
     "ppo": PPO,
+    # variants: a tiltrl agent with a different target, run only when named in --algos
+    # (hyperparameter files exist only for the environments it was run on)
+    "softdqn_nstep": SoftDQN,
 }
+VARIANTS = ("softdqn_nstep",)
+DEFAULT_ALGOS = [a for a in ALGOS if a not in VARIANTS]
 THRESHOLDS = {
     "CartPole-v1": 475.0,
     "Acrobot-v1": -100.0,
@@ -118,6 +123,8 @@ def load_hyperparams(algo: str, env_id: str) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - PyYAML is not a dependency of tiltrl
         raise SystemExit("bench_deep.py reads YAML: pip install pyyaml") from None
     path = HERE / "hyperparams" / f"{algo}_{env_id.split('-')[0].lower()}.yml"
+    if not path.exists():
+        raise SystemExit(f"no hyperparameters for {algo} on {env_id}: {path} does not exist")
     with open(path) as fh:
         hp = yaml.safe_load(fh)
     hp["_file"] = str(path.relative_to(HERE.parent))
@@ -742,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_start < 0:
         ap.error("--seed-start must be >= 0")
     th.set_num_threads(1)
-    algos = args.algos or (["eval", "softdqn", "dqn"] if args.quick else list(ALGOS))
+    algos = args.algos or (["eval", "softdqn", "dqn"] if args.quick else DEFAULT_ALGOS)
     envs = args.envs or (["CartPole-v1"] if args.quick else FULL_ENVS)
     seeds = args.seeds or (3 if args.quick else 10)
     steps = args.steps if args.steps is not None else (20_000 if args.quick else None)

@@ -36,7 +36,7 @@ LunarLander-v3: all 512 targets of the first four gradient steps, none afterward
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from torch.nn import functional as F
@@ -65,6 +65,8 @@ class BoundedSoftDQN(SoftDQN):
     ``"none"``), ``penalty`` (``"linear"``, ``"square"``, ``"huber"``) and
     ``penalty_weight`` (weight of the soft penalty, published default 1).
     """
+
+    supports_n_steps: ClassVar[bool] = False  # its own targets are one-step
 
     def __init__(
         self,

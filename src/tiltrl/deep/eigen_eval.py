@@ -113,6 +113,8 @@ class EVAL(SoftDQN):
       learned_prior, prior_lr: posterior policy iteration.
     """
 
+    supports_n_steps: ClassVar[bool] = False  # its own targets are one-step
+
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[misc]
         "MlpPolicy": EVALPolicy,
         "EVALPolicy": EVALPolicy,

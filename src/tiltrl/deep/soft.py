@@ -46,3 +46,34 @@ def bellman_bound_offsets(
     lower = th.where(d_min <= 0, d_min * scale, d_min)
     upper = th.where(d_max >= 0, d_max * scale, d_max)
     return lower, upper
+
+
+def soft_n_step_target(
+    rewards: th.Tensor,
+    mask: th.Tensor,
+    middle_q: th.Tensor,
+    middle_v: th.Tensor,
+    last_v: th.Tensor,
+    last_done: th.Tensor,
+    gamma: float,
+) -> th.Tensor:
+    """Soft n-step (path-consistency) target for ``Q(s_0, a_0)``, shape ``(B,)``.
+
+    ``y = sum_k gamma^k r_k + sum_{k>=1} gamma^k (V(s_k) - Q(s_k,a_k))
+    + gamma^m (1 - done) V(s_m)`` over the ``m`` transitions where ``mask`` is 1
+    (Nachum et al., NeurIPS 2017). ``V(s_k) - Q(s_k,a_k) = -(1/beta) log(pi/pi0)(a_k|s_k)``
+    is the entropy term of the regularised objective (DESIGN.md §1) for the action taken,
+    so the target is unbiased under the exact soft Q for any behaviour policy; with
+    ``n = 1`` it is the one-step target ``r + gamma (1 - done) V(s')``.
+
+    rewards, mask: ``(B, n)``; middle_q, middle_v: ``(B, n-1)`` (``Q`` of the taken
+    action and ``V`` at ``s_1 .. s_{n-1}``); last_v, last_done: ``(B,)``.
+    """
+    n = rewards.shape[1]
+    discount = gamma ** th.arange(n, dtype=rewards.dtype, device=rewards.device)
+    path = (mask * discount * rewards).sum(dim=1)
+    if n > 1:
+        entropy_terms = (middle_v - middle_q) * mask[:, 1:] * discount[1:]
+        path = path + entropy_terms.sum(dim=1)
+    bootstrap = gamma ** mask.sum(dim=1) * (1.0 - last_done) * last_v
+    return path + bootstrap

@@ -5,10 +5,15 @@ policies", ICML 2017 (soft Q-learning); convention of DESIGN.md §1: the per-ste
 objective is ``r - (1/beta) log(pi/pi0)``, the soft value is
 ``V(s) = (1/beta) log sum_a pi0(a|s) exp(beta Q(s,a))`` and the target is
 ``y = r + gamma (1 - terminated) V_target(s')`` (truncated episodes bootstrap: SB3's
-replay buffer keeps time-outs apart from terminations). Exploration samples the soft
-policy ``pi ∝ pi0 exp(beta Q)`` (Boltzmann); ``predict(deterministic=True)`` is greedy
-(its mode), ``deterministic=False`` samples it. An epsilon-uniform mixture stays
-available through DQN's ``exploration_*`` arguments (off by default).
+replay buffer keeps time-outs apart from terminations). With ``n_steps > 1`` the target is
+the soft n-step (path-consistency) target of :mod:`tiltrl.deep.replay`: the rewards of the
+next ``n`` stored transitions, each later one with its entropy term
+``-(1/beta) log(pi/pi0)(a_k|s_k) = V(s_k) - Q(s_k,a_k)`` from the target network, then
+``V_target`` of the state reached; it needs no importance weights (Nachum et al. 2017).
+Exploration samples the soft policy ``pi ∝ pi0 exp(beta Q)`` (Boltzmann);
+``predict(deterministic=True)`` is greedy (its mode), ``deterministic=False`` samples it.
+An epsilon-uniform mixture stays available through DQN's ``exploration_*`` arguments
+(off by default).
 
 Only ``train()`` differs from ``stable_baselines3.DQN``; rollouts, replay, target
 updates, callbacks, logger, VecEnvs and save/load are SB3's.
@@ -28,7 +33,8 @@ from torch.nn import functional as F
 
 from tiltrl.deep.policies import SoftQPolicy, sample_categorical
 from tiltrl.deep.priors import PriorSpec
-from tiltrl.deep.soft import soft_value
+from tiltrl.deep.replay import SoftNStepReplayBuffer, SoftNStepSamples
+from tiltrl.deep.soft import soft_n_step_target, soft_value
 
 LOSSES = ("huber", "mse")
 SelfSoftDQN = TypeVar("SelfSoftDQN", bound="SoftDQN")
@@ -68,8 +74,10 @@ class SoftDQN(DQN):
       loss: ``"huber"`` (SB3's default) or ``"mse"``.
     Unless ``policy_kwargs`` names an optimizer or its kwargs, Adam runs with
     ``fused=True`` (torch's fused kernel: the same update, cheaper per step).
-    Epsilon exploration defaults to 0 (the soft policy explores); ``n_steps`` must be 1
-    (an n-step return would drop the entropy terms). Warm-up actions (before
+      n_steps: length of the target's path (default 1). ``n_steps > 1`` replays paths from
+        :class:`~tiltrl.deep.replay.SoftNStepReplayBuffer` and keeps each step's entropy
+        term (SB3's own n-step buffer drops them, so it is never used here).
+    Epsilon exploration defaults to 0 (the soft policy explores). Warm-up actions (before
     ``learning_starts``) are drawn from the prior.
     """
 
@@ -78,6 +86,9 @@ class SoftDQN(DQN):
         "SoftQPolicy": SoftQPolicy,
     }
     policy: SoftQPolicy
+    #: whether ``train`` implements the soft n-step target (subclasses with their own
+    #: targets set this False and accept ``n_steps=1`` only)
+    supports_n_steps: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -91,8 +102,11 @@ class SoftDQN(DQN):
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("n_steps", 1) != 1:
-            raise ValueError("SoftDQN supports n_steps=1 only")
+        n_steps = kwargs.get("n_steps", 1)
+        if int(n_steps) != n_steps or n_steps < 1:
+            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        if n_steps != 1 and not self.supports_n_steps:
+            raise ValueError(f"{type(self).__name__} supports n_steps=1 only, got {n_steps}")
         super().__init__(
             policy,
             env,
@@ -117,7 +131,23 @@ class SoftDQN(DQN):
             # torch's fused Adam kernel: same maths, far fewer kernel launches per step
             current.setdefault("optimizer_kwargs", {"fused": True})
         self.policy_kwargs = {**current, "beta": self.beta, "prior": self.prior}
-        super()._setup_model()
+        n_steps = self.n_steps
+        if n_steps > 1:
+            if self.replay_buffer_class is None:
+                self.replay_buffer_class = SoftNStepReplayBuffer
+            if not issubclass(self.replay_buffer_class, SoftNStepReplayBuffer):
+                raise ValueError(
+                    f"n_steps={n_steps} needs a SoftNStepReplayBuffer, got "
+                    f"replay_buffer_class={self.replay_buffer_class.__name__}"
+                )
+            self.replay_buffer_kwargs = {**self.replay_buffer_kwargs, "n_steps": n_steps}
+        # SB3 installs its own n-step buffer (no entropy terms) whenever n_steps > 1 and
+        # warns about any other: the soft one is chosen above, so SB3 sees n_steps = 1
+        self.n_steps = 1
+        try:
+            super()._setup_model()
+        finally:
+            self.n_steps = n_steps
         self._pending_log: tuple[int, Any] | None = None
 
     def _excluded_save_params(self) -> list[str]:
@@ -189,6 +219,25 @@ class SoftDQN(DQN):
     def _soft_v(self, net: Any, obs: th.Tensor) -> th.Tensor:
         return soft_value(net(obs), self.policy.prior_logits(obs), self.beta)
 
+    def _n_step_target(self, data: SoftNStepSamples) -> th.Tensor:
+        """Soft n-step target ``(B, 1)`` from the target network: one forward pass over the
+        path's middle states and its last state together."""
+        batch, middle = data.rewards.shape[0], data.rewards.shape[1] - 1
+        obs = th.cat([data.middle_observations.flatten(0, 1), data.next_observations])
+        q = self.q_net_target(obs)
+        v = soft_value(q, self.policy.prior_logits(obs), self.beta)
+        q_taken = th.gather(q[: batch * middle], 1, data.middle_actions.reshape(-1, 1).long())
+        target = soft_n_step_target(
+            data.rewards,
+            data.mask,
+            q_taken.reshape(batch, middle),
+            v[: batch * middle].reshape(batch, middle),
+            v[batch * middle :],
+            data.dones.reshape(-1),
+            self.gamma,
+        )
+        return target.reshape(-1, 1)
+
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -196,8 +245,11 @@ class SoftDQN(DQN):
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             with th.no_grad():
-                v_next = self._soft_v(self.q_net_target, data.next_observations).reshape(-1, 1)
-                target = data.rewards + (1.0 - data.dones) * self.gamma * v_next
+                if self.n_steps > 1:
+                    target = self._n_step_target(data)  # type: ignore[arg-type]
+                else:
+                    v_next = self._soft_v(self.q_net_target, data.next_observations).reshape(-1, 1)
+                    target = data.rewards + (1.0 - data.dones) * self.gamma * v_next
             q = th.gather(self.q_net(data.observations), 1, data.actions.long())
             loss = td_loss(q, target, self.loss)
             self._gradient_step(loss)
