@@ -102,11 +102,14 @@ ALGOS: dict[str, Any] = {
     "bounded": BoundedSoftDQN,
     "dqn": DQN,
     "ppo": PPO,
-    # variants: a tiltrl agent with a different target, run only when named in --algos
-    # (hyperparameter files exist only for the environments it was run on)
     "softdqn_nstep": SoftDQN,
 }
-VARIANTS = ("softdqn_nstep",)
+# Variants run only when named in --algos (hyperparameter files exist only for the
+# environments they were run on): name -> (base algorithm, the settings that differ; the
+# variant's YAML files are the base's with these values, which a test checks)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "softdqn_nstep": ("softdqn", {"n_steps": 3}),  # soft 3-step (path-consistency) targets
+}
 DEFAULT_ALGOS = [a for a in ALGOS if a not in VARIANTS]
 THRESHOLDS = {
     "CartPole-v1": 475.0,
@@ -576,6 +579,8 @@ def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]
             kw: dict[str, Any] = dict(common)
             if algo == "dqn_fused_adam":
                 kw["policy_kwargs"] = dict(net_arch=[64, 64], optimizer_kwargs={"fused": True})
+            if algo in VARIANTS:
+                kw.update(VARIANTS[algo][1])
             cls = ALGOS["dqn" if algo == "dqn_fused_adam" else algo]
             model = cls("MlpPolicy", gym.make("CartPole-v1"), seed=rep, **kw)
             model.set_logger(silent_logger())
@@ -591,6 +596,7 @@ def throughput(algos: list[str], steps: int, repeats: int = 3) -> dict[str, Any]
             "env": "CartPole-v1",
             "optimizer": "tiltrl agents: their default Adam(fused=True); dqn: SB3's default "
             "Adam; dqn_fused_adam: Adam(fused=True)",
+            "variants": {a: VARIANTS[a][1] for a in times if a in VARIANTS},
         },
         "steps_per_s_median": {a: float(np.median(v)) for a, v in times.items()},
         "steps_per_s_all": times,

@@ -371,3 +371,26 @@ def test_run_one_records_eval_theta(bench: Any) -> None:
     assert all(isinstance(t, float) and np.isfinite(t) for t in learnt)
     assert len(set(learnt)) == 3  # it moves while learning
     assert run["curve_lengths"] == run["curve_returns"]
+
+
+def test_hyperparameter_files_cover_the_default_algorithms_and_variants_change_one_thing(
+    bench: Any,
+) -> None:
+    """Every default algorithm has a YAML file for every benchmark environment; a variant
+    runs only when named, and its file differs from its base algorithm's in the one
+    setting it is a variant of; a missing file is an error that names it."""
+    assert set(bench.DEFAULT_ALGOS) == {"eval", "softdqn", "bounded", "dqn", "ppo"}
+    for algo in bench.DEFAULT_ALGOS:
+        for env_id in bench.FULL_ENVS:
+            assert bench.load_hyperparams(algo, env_id)["n_timesteps"] > 0
+    variant_files = sorted((Path(bench.HERE) / "hyperparams").glob("softdqn_nstep_*.yml"))
+    assert variant_files  # the check below runs on at least one file
+    for name, (base_algo, settings) in bench.VARIANTS.items():
+        for path in sorted((Path(bench.HERE) / "hyperparams").glob(f"{name}_*.yml")):
+            env_id = next(e for e in bench.FULL_ENVS if path.stem.endswith(e.split("-")[0].lower()))
+            base = bench.load_hyperparams(base_algo, env_id)
+            variant = bench.load_hyperparams(name, env_id)
+            keys = {*base, *variant} - {"_file"}
+            assert {k: variant[k] for k in keys if base.get(k) != variant.get(k)} == settings
+    with pytest.raises(SystemExit, match="softdqn_nstep_cartpole.yml does not exist"):
+        bench.load_hyperparams("softdqn_nstep", CARTPOLE)
