@@ -108,7 +108,8 @@ ALGOS: dict[str, Any] = {
 # environments they were run on): name -> (base algorithm, the settings that differ; the
 # variant's YAML files are the base's with these values, which a test checks)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "softdqn_nstep": ("softdqn", {"n_steps": 3}),  # soft 3-step (path-consistency) targets
+    # soft 3-step targets with tree-backup traces
+    "softdqn_nstep": ("softdqn", {"n_steps": 3, "n_step_trace": "tree_backup"}),
 }
 DEFAULT_ALGOS = [a for a in ALGOS if a not in VARIANTS]
 THRESHOLDS = {

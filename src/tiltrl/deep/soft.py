@@ -56,24 +56,43 @@ def soft_n_step_target(
     last_v: th.Tensor,
     last_done: th.Tensor,
     gamma: float,
+    middle_trace: th.Tensor | None = None,
 ) -> th.Tensor:
-    """Soft n-step (path-consistency) target for ``Q(s_0, a_0)``, shape ``(B,)``.
+    """Soft n-step target for ``Q(s_0, a_0)`` along a stored path, shape ``(B,)``.
 
-    ``y = sum_k gamma^k r_k + sum_{k>=1} gamma^k (V(s_k) - Q(s_k,a_k))
-    + gamma^m (1 - done) V(s_m)`` over the ``m`` transitions where ``mask`` is 1
-    (Nachum et al., NeurIPS 2017). ``V(s_k) - Q(s_k,a_k) = -(1/beta) log(pi/pi0)(a_k|s_k)``
-    is the entropy term of the regularised objective (DESIGN.md §1) for the action taken,
-    so the target is unbiased under the exact soft Q for any behaviour policy; with
-    ``n = 1`` it is the one-step target ``r + gamma (1 - done) V(s')``.
+    ``y = Q(s_0,a_0) + sum_t gamma^t C_t delta_t`` over the ``m`` transitions where
+    ``mask`` is 1, with the soft TD errors ``delta_t = r_t + gamma (1 - done_t) V(s_{t+1})
+    - Q(s_t,a_t)`` and traces ``C_0 = 1``, ``C_t = c_1 ... c_t``. Written out (``Q(s_0,a_0)``
+    cancels, so it is not needed):
 
-    rewards, mask: ``(B, n)``; middle_q, middle_v: ``(B, n-1)`` (``Q`` of the taken
-    action and ``V`` at ``s_1 .. s_{n-1}``); last_v, last_done: ``(B,)``.
+        y = sum_t gamma^t C_t r_t + sum_{k=1}^{m-1} gamma^k (C_{k-1} V(s_k) - C_k Q(s_k,a_k))
+            + gamma^m C_{m-1} (1 - done) V(s_m).
+
+    Under the exact soft Q each ``delta_t`` has mean zero given ``(s_t, a_t)`` whatever
+    action was taken, so ``y`` is unbiased for any traces that depend on the path up to
+    ``t`` only. ``middle_trace = None`` means ``c = 1``: the path-consistency target
+    (Nachum et al., NeurIPS 2017), in which ``V(s_k) - Q(s_k,a_k) = -(1/beta)
+    log(pi/pi0)(a_k|s_k)`` is each later step's entropy term; off-policy it is not a
+    contraction (Harutyunyan et al., ALT 2016, on Q(lambda)) and on LunarLander it
+    diverged. ``c_k = pi(a_k|s_k)`` is tree backup (Precup, Sutton, Singh, ICML 2000),
+    a contraction for any behaviour policy (Munos et al., NeurIPS 2016): a step the soft
+    policy would not take cuts the path there. With ``n = 1`` every choice gives the
+    one-step target ``r + gamma (1 - done) V(s')``.
+
+    rewards, mask: ``(B, n)``; middle_q, middle_v, middle_trace: ``(B, n-1)`` (``Q`` of
+    the taken action, ``V`` and ``c`` at ``s_1 .. s_{n-1}``); last_v, last_done: ``(B,)``.
     """
-    n = rewards.shape[1]
+    batch, n = rewards.shape
     discount = gamma ** th.arange(n, dtype=rewards.dtype, device=rewards.device)
-    path = (mask * discount * rewards).sum(dim=1)
+    ones = th.ones(batch, 1, dtype=rewards.dtype, device=rewards.device)
+    if n > 1 and middle_trace is not None:
+        trace = th.cat([ones, th.cumprod(middle_trace, dim=1)], dim=1)  # C_0 .. C_{n-1}
+    else:
+        trace = ones.expand(batch, n)
+    y = (mask * discount * trace * rewards).sum(dim=1)
     if n > 1:
-        entropy_terms = (middle_v - middle_q) * mask[:, 1:] * discount[1:]
-        path = path + entropy_terms.sum(dim=1)
-    bootstrap = gamma ** mask.sum(dim=1) * (1.0 - last_done) * last_v
-    return path + bootstrap
+        later = trace[:, :-1] * middle_v - trace[:, 1:] * middle_q
+        y = y + (mask[:, 1:] * discount[1:] * later).sum(dim=1)
+    length = mask.sum(dim=1)
+    last_trace = trace.gather(1, (length.long() - 1).clamp(min=0)[:, None]).squeeze(1)
+    return y + gamma**length * last_trace * (1.0 - last_done) * last_v

@@ -6,10 +6,12 @@ objective is ``r - (1/beta) log(pi/pi0)``, the soft value is
 ``V(s) = (1/beta) log sum_a pi0(a|s) exp(beta Q(s,a))`` and the target is
 ``y = r + gamma (1 - terminated) V_target(s')`` (truncated episodes bootstrap: SB3's
 replay buffer keeps time-outs apart from terminations). With ``n_steps > 1`` the target is
-the soft n-step (path-consistency) target of :mod:`tiltrl.deep.replay`: the rewards of the
-next ``n`` stored transitions, each later one with its entropy term
-``-(1/beta) log(pi/pi0)(a_k|s_k) = V(s_k) - Q(s_k,a_k)`` from the target network, then
-``V_target`` of the state reached; it needs no importance weights (Nachum et al. 2017).
+a soft n-step target over the next ``n`` stored transitions (:mod:`tiltrl.deep.replay`):
+``Q + sum_t gamma^t C_t delta_t`` with soft TD errors from the target network, which keeps
+each later step's entropy term ``V(s_k) - Q(s_k,a_k) = -(1/beta) log(pi/pi0)(a_k|s_k)``;
+the traces ``C_t`` are products of ``pi(a_k|s_k)`` (tree backup, Precup et al. 2000: no
+importance weights, a contraction for any behaviour policy) or of 1 (path consistency,
+Nachum et al. 2017).
 Exploration samples the soft policy ``pi ∝ pi0 exp(beta Q)`` (Boltzmann);
 ``predict(deterministic=True)`` is greedy (its mode), ``deterministic=False`` samples it.
 An epsilon-uniform mixture stays available through DQN's ``exploration_*`` arguments
@@ -34,9 +36,10 @@ from torch.nn import functional as F
 from tiltrl.deep.policies import SoftQPolicy, sample_categorical
 from tiltrl.deep.priors import PriorSpec
 from tiltrl.deep.replay import SoftNStepReplayBuffer, SoftNStepSamples
-from tiltrl.deep.soft import soft_n_step_target, soft_value
+from tiltrl.deep.soft import soft_logits, soft_n_step_target, soft_value
 
 LOSSES = ("huber", "mse")
+N_STEP_TRACES = ("tree_backup", "uncut")
 SelfSoftDQN = TypeVar("SelfSoftDQN", bound="SoftDQN")
 
 
@@ -77,6 +80,10 @@ class SoftDQN(DQN):
       n_steps: length of the target's path (default 1). ``n_steps > 1`` replays paths from
         :class:`~tiltrl.deep.replay.SoftNStepReplayBuffer` and keeps each step's entropy
         term (SB3's own n-step buffer drops them, so it is never used here).
+      n_step_trace: ``"tree_backup"`` (default: a later step counts with the weight
+        ``pi(a_k|s_k)`` of the soft policy, a contraction whatever the behaviour) or
+        ``"uncut"`` (weight 1: the path-consistency target, which diverged off-policy on
+        LunarLander); see :func:`tiltrl.deep.soft.soft_n_step_target`.
     Epsilon exploration defaults to 0 (the soft policy explores). Warm-up actions (before
     ``learning_starts``) are drawn from the prior.
     """
@@ -97,6 +104,7 @@ class SoftDQN(DQN):
         beta: float = 1.0,
         prior: PriorSpec = None,
         loss: str = "huber",
+        n_step_trace: str = "tree_backup",
         exploration_initial_eps: float = 0.0,
         exploration_final_eps: float = 0.0,
         _init_setup_model: bool = True,
@@ -119,9 +127,12 @@ class SoftDQN(DQN):
             raise ValueError("beta must be > 0")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if n_step_trace not in N_STEP_TRACES:
+            raise ValueError(f"n_step_trace must be one of {N_STEP_TRACES}, got {n_step_trace!r}")
         self.beta = float(beta)
         self.prior = prior
         self.loss = loss
+        self.n_step_trace = n_step_trace
         if _init_setup_model:
             self._setup_model()
 
@@ -220,21 +231,29 @@ class SoftDQN(DQN):
         return soft_value(net(obs), self.policy.prior_logits(obs), self.beta)
 
     def _n_step_target(self, data: SoftNStepSamples) -> th.Tensor:
-        """Soft n-step target ``(B, 1)`` from the target network: one forward pass over the
-        path's middle states and its last state together."""
+        """Soft n-step target ``(B, 1)`` from the target network (one forward pass over
+        the path's middle states and its last state together), with the traces of
+        ``n_step_trace``."""
         batch, middle = data.rewards.shape[0], data.rewards.shape[1] - 1
         obs = th.cat([data.middle_observations.flatten(0, 1), data.next_observations])
         q = self.q_net_target(obs)
-        v = soft_value(q, self.policy.prior_logits(obs), self.beta)
-        q_taken = th.gather(q[: batch * middle], 1, data.middle_actions.reshape(-1, 1).long())
+        logits = soft_logits(q, self.policy.prior_logits(obs), self.beta)
+        v = th.logsumexp(logits, dim=-1) / self.beta
+        taken = data.middle_actions.reshape(-1, 1).long()
+        q_taken = th.gather(q[: batch * middle], 1, taken).reshape(batch, middle)
+        trace = None
+        if self.n_step_trace == "tree_backup":  # c_k = pi(a_k|s_k) of the target network
+            log_pi = th.log_softmax(logits[: batch * middle], dim=-1)
+            trace = th.gather(log_pi, 1, taken).exp().reshape(batch, middle)
         target = soft_n_step_target(
             data.rewards,
             data.mask,
-            q_taken.reshape(batch, middle),
+            q_taken,
             v[: batch * middle].reshape(batch, middle),
             v[batch * middle :],
             data.dones.reshape(-1),
             self.gamma,
+            middle_trace=trace,
         )
         return target.reshape(-1, 1)
 
