@@ -1,4 +1,4 @@
-"""Replay of n-step paths for soft n-step targets (path consistency).
+"""Replay of n-step paths for soft n-step targets.
 
 The soft Bellman identity of DESIGN.md §1 holds for *every* action, not only for the
 policy's: ``Q(s,a) - V(s) = (1/beta) log(pi(a|s)/pi0(a|s))``. Along any stored path
@@ -9,14 +9,16 @@ learning", NeurIPS 2017, path consistency):
     Q(s_0,a_0) = r_0 + sum_{k=1}^{n-1} gamma^k [r_k - (1/beta) log(pi/pi0)(a_k|s_k)]
                  + gamma^n V(s_n)           (in expectation over the dynamics)
 
-with ``-(1/beta) log(pi/pi0)(a_k|s_k) = V(s_k) - Q(s_k,a_k)``. Each correction term has
-mean zero under the exact soft Q whatever the behaviour policy chose, so unlike the plain
-n-step return (SB3's ``NStepReplayBuffer``, which drops these entropy terms) the target
-needs no importance weights. This module stores nothing new: it samples, from SB3's
-ordinary replay arrays, the ``n`` consecutive transitions that start at each drawn index,
-cut at the first termination or truncation (and at the write position, where the next
-slot belongs to another path). :func:`tiltrl.deep.soft.soft_n_step_target` turns them
-into targets.
+with ``-(1/beta) log(pi/pi0)(a_k|s_k) = V(s_k) - Q(s_k,a_k)``. Each correction has mean
+zero under the exact soft Q whatever the behaviour policy chose, so, unlike the plain
+n-step return (SB3's ``NStepReplayBuffer``, which drops these entropy terms), the target
+needs no importance weights. Being unbiased at the fixed point is not being stable: off
+policy the uncut operator is not a contraction, and tree-backup traces (each later step
+weighted by ``pi(a_k|s_k)``) make it one; :func:`tiltrl.deep.soft.soft_n_step_target`
+computes both. This module stores nothing new: it samples, from SB3's ordinary replay
+arrays, the ``n`` consecutive transitions that start at each drawn index, cut at the first
+termination or truncation (and at the write position, where the next slot belongs to
+another path).
 """
 
 from __future__ import annotations
