@@ -103,6 +103,7 @@ ALGOS: dict[str, Any] = {
     "dqn": DQN,
     "ppo": PPO,
     "softdqn_nstep": SoftDQN,
+    "dqn_nstep": DQN,
 }
 # Variants run only when named in --algos (hyperparameter files exist only for the
 # environments they were run on): name -> (base algorithm, the settings that differ; the
@@ -110,6 +111,8 @@ ALGOS: dict[str, Any] = {
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # soft 3-step targets with tree-backup traces
     "softdqn_nstep": ("softdqn", {"n_steps": 3, "n_step_trace": "tree_backup"}),
+    # SB3 DQN with its own (plain) 3-step returns: a control for softdqn_nstep
+    "dqn_nstep": ("dqn", {"n_steps": 3}),
 }
 DEFAULT_ALGOS = [a for a in ALGOS if a not in VARIANTS]
 THRESHOLDS = {
