@@ -102,8 +102,6 @@ ALGOS: dict[str, Any] = {
     "bounded": BoundedSoftDQN,
     "dqn": DQN,
     "ppo": PPO,
-    "softdqn_nstep": SoftDQN,
-    "dqn_nstep": DQN,
 }
 # Variants run only when named in --algos (hyperparameter files exist only for the
 # environments they were run on): name -> (base algorithm, the settings that differ; the
@@ -114,7 +112,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # SB3 DQN with its own (plain) 3-step returns: a control for softdqn_nstep
     "dqn_nstep": ("dqn", {"n_steps": 3}),
 }
-DEFAULT_ALGOS = [a for a in ALGOS if a not in VARIANTS]
+DEFAULT_ALGOS = list(ALGOS)
+ALGOS.update({name: ALGOS[base] for name, (base, _) in VARIANTS.items()})
 THRESHOLDS = {
     "CartPole-v1": 475.0,
     "Acrobot-v1": -100.0,

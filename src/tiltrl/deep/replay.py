@@ -30,6 +30,13 @@ import torch as th
 from stable_baselines3.common.buffers import ReplayBuffer
 
 
+def check_n_steps(n_steps: Any) -> int:
+    """``n_steps`` as an int, or a ValueError naming it unless it is an integer >= 1."""
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+    return int(n_steps)
+
+
 class SoftNStepSamples(NamedTuple):
     """A batch of ``B`` paths of at most ``n`` transitions each.
 
@@ -63,11 +70,9 @@ class SoftNStepReplayBuffer(ReplayBuffer):
 
     def __init__(self, *args: Any, n_steps: int = 3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if int(n_steps) != n_steps or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        self.n_steps = check_n_steps(n_steps)
         if self.optimize_memory_usage:
             raise ValueError("SoftNStepReplayBuffer does not support optimize_memory_usage=True")
-        self.n_steps = int(n_steps)
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> SoftNStepSamples:  # type: ignore[override]
         n = self.n_steps

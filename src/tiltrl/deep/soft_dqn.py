@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from tiltrl.deep.policies import SoftQPolicy, sample_categorical
 from tiltrl.deep.priors import PriorSpec
-from tiltrl.deep.replay import SoftNStepReplayBuffer, SoftNStepSamples
+from tiltrl.deep.replay import SoftNStepReplayBuffer, SoftNStepSamples, check_n_steps
 from tiltrl.deep.soft import soft_logits, soft_n_step_target, soft_value
 
 LOSSES = ("huber", "mse")
@@ -110,9 +110,7 @@ class SoftDQN(DQN):
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
-        n_steps = kwargs.get("n_steps", 1)
-        if int(n_steps) != n_steps or n_steps < 1:
-            raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        n_steps = check_n_steps(kwargs.get("n_steps", 1))
         if n_steps != 1 and not self.supports_n_steps:
             raise ValueError(f"{type(self).__name__} supports n_steps=1 only, got {n_steps}")
         super().__init__(
@@ -236,21 +234,22 @@ class SoftDQN(DQN):
         ``n_step_trace``."""
         batch, middle = data.rewards.shape[0], data.rewards.shape[1] - 1
         obs = th.cat([data.middle_observations.flatten(0, 1), data.next_observations])
-        q = self.q_net_target(obs)
-        logits = soft_logits(q, self.policy.prior_logits(obs), self.beta)
-        v = th.logsumexp(logits, dim=-1) / self.beta
+        q, log_prior = self.q_net_target(obs), self.policy.prior_logits(obs)
+        v = soft_value(q, log_prior, self.beta)
+        rows = batch * middle
         taken = data.middle_actions.reshape(-1, 1).long()
-        q_taken = th.gather(q[: batch * middle], 1, taken).reshape(batch, middle)
+        q_taken = th.gather(q[:rows], 1, taken).reshape(batch, middle)
         trace = None
         if self.n_step_trace == "tree_backup":  # c_k = pi(a_k|s_k) of the target network
-            log_pi = th.log_softmax(logits[: batch * middle], dim=-1)
+            logits = soft_logits(q[:rows], log_prior[:rows], self.beta)
+            log_pi = th.log_softmax(logits, dim=-1)
             trace = th.gather(log_pi, 1, taken).exp().reshape(batch, middle)
         target = soft_n_step_target(
             data.rewards,
             data.mask,
             q_taken,
-            v[: batch * middle].reshape(batch, middle),
-            v[batch * middle :],
+            v[:rows].reshape(batch, middle),
+            v[rows:],
             data.dones.reshape(-1),
             self.gamma,
             middle_trace=trace,
